@@ -1,0 +1,84 @@
+"""Low-rank factorisations of the scalar kernel kappa(a, b) = exp(a b) on [-R, R]^2.
+
+HEAT (DESIGN.md section 3) replaces the per-channel kernel of `hadamard` by
+    exp(a b) ~ sum_{s < r} phi_s(a) phi_s(b).
+
+basis='svd': the rank-r optimum in L2 of the INPUT measure. Inputs are a = R tanh(z / R) with
+z ~ N(0, sigma^2); take Gauss-Hermite nodes z_g with weights w_g for that Gaussian, map them to
+x_g = R tanh(z_g / R), and eigen-decompose the weighted kernel matrix
+    M = W^1/2 K W^1/2 = U diag(lambda) U^T,   K_gh = exp(x_g x_h).
+The eigenfunctions, evaluated anywhere by the Nystrom extension, are
+    phi_s(a) = sum_g sqrt(w_g) exp(a x_g) U_gs / sqrt(lambda_s),
+which reproduce K_gh exactly at the nodes for r = G. (The paper's eqs. 4-5, made precise: a uniform
+weight on [-R, R] wastes the rank on corners where exp(ab) is huge and inputs are rare.)
+
+basis='taylor': phi_p(a) = a^p / sqrt(p!), p < r, the truncated series of exp(ab).
+
+Bases are computed once per (R, sigma, r, G) in float64, cached, and never receive gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class SvdBasis:
+    """phi(a) = exp(a[..., None] * nodes) @ coefficients, shapes (G,) and (G, r)."""
+
+    nodes: Tensor  # (G,) float64, the mapped quadrature nodes x_g
+    coefficients: Tensor  # (G, r) float64, sqrt(w_g) U_gs / sqrt(lambda_s)
+    eigenvalues: Tensor  # (r,) float64, lambda_s (for reporting the truncation)
+
+
+@lru_cache(maxsize=64)
+def svd_basis(bound: float, sigma: float, rank: int, nodes: int) -> SvdBasis:
+    """The input-weighted eigenfunction basis of exp(ab), cached per (R, sigma, r, G)."""
+    if not 1 <= rank <= nodes:
+        raise ValueError(f"heat.rank must be in [1, {nodes}] (quadrature_nodes), got {rank}")
+    z, w = np.polynomial.hermite_e.hermegauss(nodes)  # probabilists' Hermite: weight exp(-z^2/2)
+    w = w / w.sum()  # a probability measure: N(0, 1) at the nodes z
+    x = bound * np.tanh(sigma * z / bound)  # (G,)
+    sqrt_w = np.sqrt(w)
+    kernel = np.exp(np.outer(x, x))  # (G, G)
+    lam, u = np.linalg.eigh(sqrt_w[:, None] * kernel * sqrt_w[None, :])
+    order = np.argsort(lam)[::-1][:rank]  # eigh sorts ascending; keep the largest r
+    lam, u = lam[order], u[:, order]
+    if lam[-1] <= 0:
+        raise ValueError(
+            f"heat.rank={rank}: eigenvalue {rank} of the weighted kernel is {lam[-1]:.2e} (below "
+            f"float64 resolution); use a smaller rank or more quadrature_nodes"
+        )
+    coefficients = sqrt_w[:, None] * u / np.sqrt(lam)[None, :]  # (G, r)
+    return SvdBasis(
+        nodes=torch.from_numpy(x),
+        coefficients=torch.from_numpy(np.ascontiguousarray(coefficients)),
+        eigenvalues=torch.from_numpy(np.ascontiguousarray(lam)),
+    )
+
+
+@lru_cache(maxsize=64)
+def taylor_scales(rank: int) -> Tensor:
+    """1 / sqrt(p!) for p < rank, float64 (r,)."""
+    return torch.tensor([1.0 / math.sqrt(math.factorial(p)) for p in range(rank)], dtype=torch.float64)
+
+
+def svd_features(a: Tensor, basis: SvdBasis) -> Tensor:
+    """phi_s(a) for every element of a: (...,) -> (..., r), in a's dtype."""
+    nodes = basis.nodes.to(device=a.device, dtype=a.dtype)
+    coefficients = basis.coefficients.to(device=a.device, dtype=a.dtype)
+    return torch.exp(a[..., None] * nodes) @ coefficients  # (..., G) @ (G, r)
+
+
+def taylor_features(a: Tensor, rank: int) -> Tensor:
+    """a^p / sqrt(p!) for p < rank: (...,) -> (..., r), in a's dtype."""
+    powers = torch.arange(rank, device=a.device, dtype=a.dtype)
+    scales = taylor_scales(rank).to(device=a.device, dtype=a.dtype)
+    # a ** 0 must be 1 also at a == 0 (torch.pow gives 1 for 0 ** 0)
+    return torch.pow(a[..., None], powers) * scales

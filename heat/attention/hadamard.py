@@ -1,0 +1,63 @@
+"""Exact Hadamard (per-channel) attention: the exact counterpart of HEAT (DESIGN.md section 3).
+
+The score of query i and key j is the Hadamard product q_i o k_j: one logit per channel c, each
+with its own softmax over keys,
+    o_ic = sum_j softmax_j(a_ic b_jc + mask_ij) v_jc,   a = R tanh(q / R), b = R tanh(k / R).
+The bound R keeps every logit in [-R^2, R^2] and is what lets HEAT factorise exp(ab) on a square.
+Cost O(n m d) time; the (chunk, m, d) logits are materialised one query chunk at a time, so memory
+is O(chunk_size * m * d) per head. Causal-capable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from heat.attention.base import AttentionKernel, Capabilities, keep_mask
+from heat.attention.linear import accumulation_dtype
+from heat.attention.registry import register
+from heat.attention.specs import HadamardSpec
+
+
+def bounded(x: Tensor, bound: float) -> Tensor:
+    """R tanh(x / R): identity near 0, squashed into [-R, R]."""
+    return bound * torch.tanh(x / bound)
+
+
+@register(HadamardSpec)
+class HadamardAttention(AttentionKernel):
+    capabilities = Capabilities(causal=True, cross=True, fixed_max_length=False)
+
+    def __init__(
+        self, spec: HadamardSpec, *, head_dim: int, num_heads: int, shared: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(head_dim=head_dim, num_heads=num_heads)
+        self.spec = spec
+
+    def _attend(self, q, k, v, *, key_padding_mask, query_padding_mask, causal) -> Tensor:
+        dtype = accumulation_dtype(q.dtype)
+        a = bounded(q.to(dtype), self.spec.bound)  # (B, H, n, d)
+        b = bounded(k.to(dtype), self.spec.bound)  # (B, H, m, d)
+        values = v.to(dtype)
+        n, m = q.shape[2], k.shape[2]
+        keep = keep_mask(key_padding_mask, n, m, causal, q.device)  # (B|1, 1, n|1, m) or None
+        empty = None
+        if keep is not None:
+            keep = keep.expand(-1, -1, n, -1)  # (B|1, 1, n, m), a view: sliced per chunk below
+            # a query that sees no key (empty source) outputs 0 rather than NaN
+            empty = ~keep.any(dim=-1, keepdim=True)  # (B|1, 1, n, 1)
+            keep = keep | empty
+        chunks = []
+        for start in range(0, n, self.spec.chunk_size):
+            stop = min(start + self.spec.chunk_size, n)
+            logits = a[:, :, start:stop, None, :] * b[:, :, None, :, :]  # (B, H, C, m, d)
+            if keep is not None:
+                logits = logits.masked_fill(~keep[:, :, start:stop, :, None], float("-inf"))
+            weights = torch.softmax(logits, dim=3)  # over keys, per channel
+            chunks.append((weights * values[:, :, None, :, :]).sum(dim=3))  # (B, H, C, d)
+        out = torch.cat(chunks, dim=2)
+        if empty is not None:
+            out = out.masked_fill(empty, 0.0)
+        return out.to(q.dtype)
