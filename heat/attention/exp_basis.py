@@ -37,24 +37,36 @@ class SvdBasis:
     eigenvalues: Tensor  # (r,) float64, lambda_s (for reporting the truncation)
 
 
-@lru_cache(maxsize=64)
-def svd_basis(bound: float, sigma: float, rank: int, nodes: int) -> SvdBasis:
-    """The input-weighted eigenfunction basis of exp(ab), cached per (R, sigma, r, G)."""
-    if not 1 <= rank <= nodes:
-        raise ValueError(f"heat.rank must be in [1, {nodes}] (quadrature_nodes), got {rank}")
+RESOLVABLE_EIGENVALUE = 1e-12
+"""Eigenvalues below this fraction of the largest are float64 round-off, not kernel structure."""
+
+
+def _weighted_kernel(bound: float, sigma: float, nodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mapped nodes x_g, sqrt(w_g), and M = W^1/2 K W^1/2 for N(0, sigma^2) inputs."""
     z, w = np.polynomial.hermite_e.hermegauss(nodes)  # probabilists' Hermite: weight exp(-z^2/2)
     w = w / w.sum()  # a probability measure: N(0, 1) at the nodes z
     x = bound * np.tanh(sigma * z / bound)  # (G,)
     sqrt_w = np.sqrt(w)
-    kernel = np.exp(np.outer(x, x))  # (G, G)
-    lam, u = np.linalg.eigh(sqrt_w[:, None] * kernel * sqrt_w[None, :])
+    return x, sqrt_w, sqrt_w[:, None] * np.exp(np.outer(x, x)) * sqrt_w[None, :]
+
+
+@lru_cache(maxsize=64)
+def svd_max_rank(bound: float, sigma: float, nodes: int) -> int:
+    """The largest rank whose eigenvalues float64 resolves (e.g. 16 for R=3, sigma=1, G=24)."""
+    lam = np.linalg.eigvalsh(_weighted_kernel(bound, sigma, nodes)[2])
+    return int((lam > RESOLVABLE_EIGENVALUE * lam.max()).sum())
+
+
+@lru_cache(maxsize=64)
+def svd_basis(bound: float, sigma: float, rank: int, nodes: int) -> SvdBasis:
+    """The input-weighted eigenfunction basis of exp(ab), cached per (R, sigma, r, G)."""
+    high = svd_max_rank(bound, sigma, nodes)
+    if not 1 <= rank <= high:  # HeatSpec checks this first; kept for direct callers
+        raise ValueError(f"heat.rank must be in [1, {high}], got {rank}")
+    x, sqrt_w, weighted = _weighted_kernel(bound, sigma, nodes)
+    lam, u = np.linalg.eigh(weighted)
     order = np.argsort(lam)[::-1][:rank]  # eigh sorts ascending; keep the largest r
     lam, u = lam[order], u[:, order]
-    if lam[-1] <= 0:
-        raise ValueError(
-            f"heat.rank={rank}: eigenvalue {rank} of the weighted kernel is {lam[-1]:.2e} (below "
-            f"float64 resolution); use a smaller rank or more quadrature_nodes"
-        )
     coefficients = sqrt_w[:, None] * u / np.sqrt(lam)[None, :]  # (G, r)
     return SvdBasis(
         nodes=torch.from_numpy(x),

@@ -126,7 +126,8 @@ class HeatSpec:
     sigma: float = 1.0
     """Standard deviation of the Gaussian input measure the svd basis is optimal for."""
     quadrature_nodes: int = 24
-    """Gauss-Hermite nodes the svd basis is computed on; also the largest allowed svd rank."""
+    """Gauss-Hermite nodes the svd basis is computed on. The svd rank is bounded by the number of
+    eigenvalues float64 resolves (16 for the defaults R=3, sigma=1, 24 nodes)."""
     chunk_size: int = 256
     """Positions per chunk of the causal prefix sums."""
 
@@ -136,8 +137,20 @@ class HeatSpec:
         _check_float(self.name, "sigma", self.sigma, 0.0, 100.0)
         _check_int(self.name, "quadrature_nodes", self.quadrature_nodes, 2, 128)
         _check_int(self.name, "chunk_size", self.chunk_size, 1, 1 << 16)
-        high = self.quadrature_nodes if self.basis == "svd" else self.MAX_TAYLOR_RANK
-        _check_int(self.name, "rank", self.rank, 1, high)
+        if self.basis == "taylor":
+            _check_int(self.name, "rank", self.rank, 1, self.MAX_TAYLOR_RANK)
+            return
+        from heat.attention.exp_basis import svd_max_rank
+
+        high = svd_max_rank(self.bound, self.sigma, self.quadrature_nodes)
+        try:
+            _check_int(self.name, "rank", self.rank, 1, high)
+        except SpecError as error:
+            raise SpecError(error.field, (
+                f"{str(error).split(': ', 1)[1]} (ranks above {high} are float64 round-off of "
+                f"the kernel with bound={self.bound}, sigma={self.sigma}, "
+                f"quadrature_nodes={self.quadrature_nodes})"
+            )) from None
 
 
 @dataclass(frozen=True, kw_only=True)

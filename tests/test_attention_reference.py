@@ -1,0 +1,119 @@
+"""Each exact/approximate kernel of softmax, hadamard, heat and taylor against a naive reference
+written here with python loops or dense tensors (fp64), with padding, n != m and batch > 1."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import qkv
+from heat.attention import HadamardSpec, HeatSpec, SoftmaxSpec, TaylorSpec, build_attention
+
+B, H, D = 2, 3, 5
+
+
+def visible(b: int, i: int, j: int, n: int, m: int, lengths, causal: bool) -> bool:
+    """Naive visibility: key j is real, and (causal) not after query i (queries = last n)."""
+    return j < lengths[b] and (not causal or j <= i + m - n)
+
+
+def padding(lengths, m):
+    return torch.arange(m)[None, :] >= torch.tensor(lengths)[:, None]
+
+
+def loop_attention(q, k, v, lengths, causal, weight):
+    """out[b,h,i] = sum_j w(i,j) v_j / sum_j w(i,j) over visible keys; weight(b,h,i,j) -> scalar
+    or per-channel vector."""
+    _, _, n, d = q.shape
+    m = k.shape[2]
+    out = torch.zeros_like(q)
+    for b in range(q.shape[0]):
+        for h in range(q.shape[1]):
+            for i in range(n):
+                num = torch.zeros(d, dtype=q.dtype)
+                den = torch.zeros(d, dtype=q.dtype)
+                for j in range(m):
+                    if visible(b, i, j, n, m, lengths, causal):
+                        w = weight(b, h, i, j)
+                        num += w * v[b, h, j]
+                        den += w
+                out[b, h, i] = num / den
+    return out
+
+
+CASES = [  # (n, m, lengths, causal)
+    (6, 9, [9, 4], False),
+    (7, 7, [7, 5], True),
+    (3, 8, [8, 8], True),  # cached decoding: the 3 queries are positions 5..7
+]
+
+
+@pytest.mark.parametrize("n,m,lengths,causal", CASES)
+def test_softmax_matches_loops(n, m, lengths, causal):
+    q, k, v = qkv(B, H, n, m, D)
+    kernel = build_attention(SoftmaxSpec(), head_dim=D, num_heads=H)
+    out = kernel(q, k, v, key_padding_mask=padding(lengths, m), causal=causal)
+    tau = 1 / math.sqrt(D)
+    ref = loop_attention(
+        q, k, v, lengths, causal, lambda b, h, i, j: torch.exp(tau * q[b, h, i] @ k[b, h, j])
+    )
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("n,m,lengths,causal", CASES)
+def test_hadamard_matches_loops(n, m, lengths, causal):
+    q, k, v = qkv(B, H, n, m, D)
+    R = 2.5
+    kernel = build_attention(HadamardSpec(bound=R, chunk_size=4), head_dim=D, num_heads=H)
+    out = kernel(q, k, v, key_padding_mask=padding(lengths, m), causal=causal)
+    a, b_ = R * torch.tanh(q / R), R * torch.tanh(k / R)
+    ref = loop_attention(  # one softmax per channel: a per-channel weight vector
+        q, k, v, lengths, causal, lambda b, h, i, j: torch.exp(a[b, h, i] * b_[b, h, j])
+    )
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("basis", ["svd", "taylor"])
+@pytest.mark.parametrize("n,m,lengths,causal", CASES)
+def test_heat_matches_dense_factorised_kernel(basis, n, m, lengths, causal):
+    """The linear-attention algebra (prefix sums, chunks, masks) against the dense kernel
+    sum_s phi_s(a) phi_s(b), per channel. The basis itself is tested in test_heat_basis.py."""
+    q, k, v = qkv(B, H, n, m, D)
+    kernel = build_attention(HeatSpec(rank=5, basis=basis, chunk_size=2), head_dim=D, num_heads=H)
+    out = kernel(q, k, v, key_padding_mask=padding(lengths, m), causal=causal)
+    R = kernel.spec.bound
+    phi_a = kernel.features(R * torch.tanh(q / R))  # (B, H, n, d, r)
+    phi_b = kernel.features(R * torch.tanh(k / R))
+    ref = loop_attention(
+        q, k, v, lengths, causal, lambda b, h, i, j: (phi_a[b, h, i] * phi_b[b, h, j]).sum(-1)
+    )
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("order,feature_dim", [(2, 0), (4, 0), (2, 3), (4, 2)])
+@pytest.mark.parametrize("n,m,lengths,causal", CASES)
+def test_taylor_matches_truncated_exponential(order, feature_dim, n, m, lengths, causal):
+    """Features phi(x).phi(y) must equal sum_{i<=p} (tau q.k)^i / i!, computed directly."""
+    q, k, v = qkv(B, H, n, m, D)
+    spec = TaylorSpec(order=order, feature_dim=feature_dim, chunk_size=3)
+    kernel = build_attention(spec, head_dim=D, num_heads=H).double()
+    out = kernel(q, k, v, key_padding_mask=padding(lengths, m), causal=causal)
+    qf, kf = (kernel.projection(q), kernel.projection(k)) if feature_dim else (q, k)
+    tau = 1 / math.sqrt(feature_dim or D)
+
+    def truncated_exp(b, h, i, j):
+        s = tau * qf[b, h, i] @ kf[b, h, j]
+        return sum(s**p / math.factorial(p) for p in range(order + 1))
+
+    ref = loop_attention(q, k, v, lengths, causal, truncated_exp)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-11)
+
+
+def test_taylor_feature_count_is_symmetric_terms_only():
+    from heat.attention.taylor import feature_count
+
+    kernel = build_attention(TaylorSpec(order=2), head_dim=4, num_heads=1)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    assert kernel.features(x).shape[-1] == feature_count(4, 2) == 1 + 4 + 10
