@@ -38,7 +38,7 @@ def demo_specs(length: int) -> list[AttentionSpec]:
     for basis in ("svd", "taylor"):
         specs += [HeatSpec(rank=rank, basis=basis) for rank in (4, 8, 12)]
     specs += [TaylorSpec(order=order) for order in (2, 4)]
-    specs += [NystromSpec(landmarks=l, pinv_iterations=20) for l in (16, 64) if l < length]
+    specs += [NystromSpec(landmarks=l) for l in (16, 64) if l < length]
     specs += [LinformerSpec(rank=r, max_length=length) for r in (32, 128) if r <= length]
     return specs
 
