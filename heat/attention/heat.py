@@ -11,14 +11,16 @@ Cost O(n r d); causal by chunked prefix sums. This is the reference form: it mat
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from heat.attention.base import AttentionKernel, Capabilities
 from heat.attention.exp_basis import svd_basis, svd_features, taylor_features
 from heat.attention.hadamard import bounded
-from heat.attention.linear import accumulation_dtype, linear_attention
+from heat.attention.linear import NORMALISER_EPS, accumulation_dtype, linear_attention
 from heat.attention.registry import register
 from heat.attention.specs import HeatSpec
 
@@ -58,8 +60,26 @@ class HeatAttention(AttentionKernel):
             v.to(dtype).transpose(2, 3)[..., None],  # (B, H, d, m, 1)
             causal=causal,
             chunk_size=self.spec.chunk_size,
+            normaliser_floor=self._normaliser_floor(key_padding_mask, q, k, causal),
         )  # (B, H, d, n, 1)
         return out[..., 0].transpose(2, 3).to(q.dtype)  # (B, H, n, d)
+
+    def _normaliser_floor(self, key_padding_mask, q: Tensor, k: Tensor, causal: bool) -> Tensor:
+        """exp(ab) >= exp(-R^2) on [-R, R]^2, so the exact normaliser of a query is at least
+        exp(-R^2) times its number of visible keys. A low-rank kernel can dip below that, even
+        below zero, where few keys are visible (early causal positions); clamping to the exact
+        bound keeps those rows finite instead of dividing by ~0. Shape (B, 1, 1, n, 1)."""
+        batch, n, m = q.shape[0], q.shape[2], k.shape[2]
+        valid = (
+            torch.ones(batch, m, device=q.device) if key_padding_mask is None
+            else (~key_padding_mask).to(torch.float32)
+        )  # (B, m)
+        if causal:
+            visible = valid.cumsum(dim=-1)[:, m - n:]  # (B, n): keys <= i + (m - n)
+        else:
+            visible = valid.sum(dim=-1, keepdim=True).expand(batch, n)  # (B, n)
+        floor = (visible * math.exp(-self.spec.bound**2)).clamp_min(NORMALISER_EPS)
+        return floor.to(accumulation_dtype(q.dtype))[:, None, None, :, None]
 
     def extra_repr(self) -> str:
         return f"rank={self.spec.rank}, basis={self.spec.basis}, bound={self.spec.bound}"

@@ -24,18 +24,33 @@ non-positive normaliser (odd Taylor orders, very low svd ranks) cannot flip or b
 
 
 def linear_attention(
-    phi_q: Tensor, phi_k: Tensor, v: Tensor, *, causal: bool, chunk_size: int
+    phi_q: Tensor,
+    phi_k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool,
+    chunk_size: int,
+    normaliser_floor: Tensor | None = None,
 ) -> Tensor:
+    """`normaliser_floor` (..., n, 1), if given, replaces NORMALISER_EPS as each query's lower
+    bound on its normaliser (a kernel known to be >= c > 0 has normaliser >= c * visible keys)."""
+    if normaliser_floor is None:
+        normaliser_floor = phi_q.new_full((1,), NORMALISER_EPS)
+    floor = torch.broadcast_to(
+        normaliser_floor, (*normaliser_floor.shape[:-2], phi_q.shape[-2], 1)
+    ) if normaliser_floor.dim() >= 2 else normaliser_floor
     if not causal:
         state = phi_k.transpose(-1, -2) @ v  # (..., F, E)
         z = phi_k.sum(dim=-2)  # (..., F)
         numerator = phi_q @ state  # (..., n, E)
         normaliser = phi_q @ z[..., None]  # (..., n, 1)
-        return numerator / normaliser.clamp_min(NORMALISER_EPS)
-    return _causal_linear_attention(phi_q, phi_k, v, chunk_size)
+        return numerator / torch.maximum(normaliser, floor)
+    return _causal_linear_attention(phi_q, phi_k, v, chunk_size, floor)
 
 
-def _causal_linear_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, chunk_size: int) -> Tensor:
+def _causal_linear_attention(
+    phi_q: Tensor, phi_k: Tensor, v: Tensor, chunk_size: int, floor: Tensor
+) -> Tensor:
     n, m = phi_q.shape[-2], phi_k.shape[-2]
     offset = m - n  # keys before the first query: visible to every query (cached decoding)
     state = phi_k[..., :offset, :].transpose(-1, -2) @ v[..., :offset, :]  # (..., F, E)
@@ -49,7 +64,8 @@ def _causal_linear_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, chunk_size
         scores = torch.tril(q_c @ k_c.transpose(-1, -2))  # (..., C, C), query i sees keys <= i
         numerator = scores @ v_c + q_c @ state
         normaliser = scores.sum(dim=-1, keepdim=True) + q_c @ z[..., None]
-        outputs.append(numerator / normaliser.clamp_min(NORMALISER_EPS))
+        chunk_floor = floor[..., start:stop, :] if floor.dim() >= 2 else floor
+        outputs.append(numerator / torch.maximum(normaliser, chunk_floor))
         state = state + k_c.transpose(-1, -2) @ v_c
         z = z + k_c.sum(dim=-2)
     return torch.cat(outputs, dim=-2)
