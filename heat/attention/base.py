@@ -32,6 +32,10 @@ class Capabilities:
     """Supports cross-attention, where the keys come from another sequence (n != m)."""
     fixed_max_length: bool
     """Needs a fixed maximum key length chosen at construction (Linformer's projections)."""
+    query_independent: bool = True
+    """Each query's output depends only on that query and the keys. False for Nystrom, whose
+    query landmarks pool over all queries: in a decoder's cross-attention that lets position t
+    see later target tokens, so a decoder needs this for both of its sites."""
 
 
 class AttentionKernel(nn.Module):

@@ -123,7 +123,9 @@ def _nystrom(
 
 @register(NystromSpec)
 class NystromAttention(AttentionKernel):
-    capabilities = Capabilities(causal=False, cross=True, fixed_max_length=False)
+    capabilities = Capabilities(
+        causal=False, cross=True, fixed_max_length=False, query_independent=False
+    )
 
     def __init__(
         self,
