@@ -42,33 +42,17 @@ from heat.layers import (
     TransformerDecoder,
     TransformerEncoder,
 )
+from heat.validation import ConfigError, check_bool, check_fraction, check_int
 
 logger = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
-    """A bad model config. `field` is the offending field's name (e.g. 'Seq2SeqConfig.d_model')."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-
-
-# ---------------------------------------------------------------------------------------------
-# Config validation
-
-
 def _check_int(owner: str, name: str, value: Any, low: int, high: int | None = None) -> None:
-    allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-    ok = isinstance(value, int) and not isinstance(value, bool)
-    if not ok or value < low or (high is not None and value > high):
-        raise ConfigError(f"{owner}.{name}", f"must be {allowed}, got {value!r}")
+    check_int(f"{owner}.{name}", value, low, high)
 
 
 def _check_fraction(owner: str, name: str, value: Any) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not 0.0 <= value < 1.0:
-        raise ConfigError(f"{owner}.{name}", f"must be a number in [0, 1), got {value!r}")
+    check_fraction(f"{owner}.{name}", value)
 
 
 def _check_common(owner: str, config: Any) -> None:
@@ -81,10 +65,7 @@ def _check_common(owner: str, config: Any) -> None:
             f"must be divisible by num_heads={config.num_heads}, got {config.d_model}",
         )
     _check_fraction(owner, "dropout", config.dropout)
-    if not isinstance(config.norm_first, bool):
-        raise ConfigError(
-            f"{owner}.norm_first", f"must be true or false, got {config.norm_first!r}"
-        )
+    check_bool(f"{owner}.norm_first", config.norm_first)
     _check_int(owner, "pad_id", config.pad_id, 0, config.vocab_size - 1)
 
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from heat.attention.base import AttentionKernel, Capabilities
 from heat.attention.registry import register
+from heat.attention.softmax import softmax_attention
 from heat.attention.specs import NystromSpec
 
 
@@ -78,17 +79,6 @@ def _valid_or_all(
         return torch.ones(batch, length, dtype=torch.bool, device=device)
     valid = ~padding_mask
     return valid | ~valid.any(dim=-1, keepdim=True)
-
-
-def _exact(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
-    """Exact softmax attention, written like `softmax.SoftmaxAttention` (non-causal)."""
-    if key_padding_mask is None:
-        return F.scaled_dot_product_attention(q, k, v)
-    keep = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, m)
-    # A query that may see no key at all would give NaN; let it see every key and zero it.
-    empty = ~keep.any(dim=-1, keepdim=True)  # (B, 1, 1, 1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep | empty)
-    return out.masked_fill(empty, 0.0)
 
 
 def _softmax(scores: Tensor, keep: Tensor) -> Tensor:
@@ -155,7 +145,7 @@ class NystromAttention(AttentionKernel):
                 f"set nystrom.conv_kernel: 0 for cross-attention"
             )
         if self._is_exact(key_padding_mask, m):
-            out = _exact(q, k, v, key_padding_mask)
+            out = softmax_attention(q, k, v, key_padding_mask=key_padding_mask, causal=False)
         else:
             key_valid = _valid_or_all(key_padding_mask, batch, m, q.device)
             query_valid = _valid_or_all(query_padding_mask, batch, n, q.device)

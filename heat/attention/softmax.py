@@ -27,12 +27,19 @@ class SoftmaxAttention(AttentionKernel):
         self.spec = spec
 
     def _attend(self, q, k, v, *, key_padding_mask, query_padding_mask, causal) -> Tensor:
-        n, m = q.shape[2], k.shape[2]
-        if key_padding_mask is None and (not causal or n == m):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        keep = keep_mask(key_padding_mask, n, m, causal, q.device)  # (B|1, 1, n, m)
-        # A query that may see no key at all (an empty source) would give NaN; let it see every
-        # key and zero its output instead.
-        empty = ~keep.any(dim=-1, keepdim=True)  # (B|1, 1, n, 1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep | empty)
-        return out.masked_fill(empty, 0.0)
+        return softmax_attention(q, k, v, key_padding_mask=key_padding_mask, causal=causal)
+
+
+def softmax_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, key_padding_mask: Tensor | None, causal: bool
+) -> Tensor:
+    """Exact attention through SDPA; also the exact path of approximations (Nystrom, m <= l)."""
+    n, m = q.shape[2], k.shape[2]
+    if key_padding_mask is None and (not causal or n == m):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    keep = keep_mask(key_padding_mask, n, m, causal, q.device)  # (B|1, 1, n, m)
+    # A query that may see no key at all (an empty source) would give NaN; let it see every
+    # key and zero its output instead.
+    empty = ~keep.any(dim=-1, keepdim=True)  # (B|1, 1, n, 1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep | empty)
+    return out.masked_fill(empty, 0.0)

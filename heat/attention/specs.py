@@ -8,42 +8,44 @@ config loads, with a `SpecError` that names the parameter, the value and what is
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
+from heat.validation import (
+    ConfigError,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+)
 
-class SpecError(ValueError):
+
+class SpecError(ConfigError):
     """A bad attention spec. `field` is the parameter's name (e.g. 'heat.rank')."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 def _check_int(spec: str, field: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{spec}.{field}", f"must be an integer in [{low}, {high}], got {value!r}")
-    if not low <= value <= high:
-        raise SpecError(f"{spec}.{field}", f"must be an integer in [{low}, {high}], got {value}")
+    _as_spec_error(check_int, f"{spec}.{field}", value, low, high)
 
 
 def _check_float(spec: str, field: str, value: Any, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SpecError(f"{spec}.{field}", f"must be a number in ({low}, {high}], got {value!r}")
-    if not low < value <= high:
-        raise SpecError(f"{spec}.{field}", f"must be a number in ({low}, {high}], got {value}")
+    _as_spec_error(check_float, f"{spec}.{field}", value, low, high)
 
 
 def _check_choice(spec: str, field: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise SpecError(f"{spec}.{field}", f"must be one of {', '.join(allowed)}; got {value!r}")
+    _as_spec_error(check_choice, f"{spec}.{field}", value, allowed)
 
 
 def _check_bool(spec: str, field: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise SpecError(f"{spec}.{field}", f"must be true or false, got {value!r}")
+    _as_spec_error(check_bool, f"{spec}.{field}", value)
+
+
+def _as_spec_error(check, field: str, *args: Any) -> None:
+    try:
+        check(field, *args)
+    except ConfigError as error:
+        raise SpecError(error.field, str(error).split(": ", 1)[1]) from None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,51 @@
+"""Field checks shared by the attention specs and the model configs.
+
+Every failure is a `ConfigError` whose message starts with the field's dotted name and says what
+is allowed, so a config loader can report it as is (or prefix the config path).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad config value. `field` is the dotted name of the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_int(field: str, value: Any, low: int, high: int | None = None) -> None:
+    allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if not ok or value < low or (high is not None and value > high):
+        raise ConfigError(field, f"must be {allowed}, got {value!r}")
+
+
+def check_float(field: str, value: Any, low: float, high: float) -> None:
+    """A finite number in (low, high]."""
+    if not _is_number(value) or not math.isfinite(value) or not low < value <= high:
+        raise ConfigError(field, f"must be a number in ({low}, {high}], got {value!r}")
+
+
+def check_fraction(field: str, value: Any) -> None:
+    """A number in [0, 1) (dropout, label smoothing)."""
+    if not _is_number(value) or not 0.0 <= value < 1.0:
+        raise ConfigError(field, f"must be a number in [0, 1), got {value!r}")
+
+
+def check_choice(field: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(field, f"must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def check_bool(field: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(field, f"must be true or false, got {value!r}")
