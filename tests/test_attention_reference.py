@@ -75,13 +75,15 @@ def test_hadamard_matches_loops(n, m, lengths, causal):
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("implementation", ["folded", "features"])
 @pytest.mark.parametrize("basis", ["svd", "taylor"])
 @pytest.mark.parametrize("n,m,lengths,causal", CASES)
-def test_heat_matches_dense_factorised_kernel(basis, n, m, lengths, causal):
+def test_heat_matches_dense_factorised_kernel(implementation, basis, n, m, lengths, causal):
     """The linear-attention algebra (prefix sums, chunks, masks) against the dense kernel
     sum_s phi_s(a) phi_s(b), per channel. The basis itself is tested in test_heat_basis.py."""
     q, k, v = qkv(B, H, n, m, D)
-    kernel = build_attention(HeatSpec(rank=5, basis=basis, chunk_size=2), head_dim=D, num_heads=H)
+    spec = HeatSpec(rank=5, basis=basis, chunk_size=2, implementation=implementation)
+    kernel = build_attention(spec, head_dim=D, num_heads=H)
     out = kernel(q, k, v, key_padding_mask=padding(lengths, m), causal=causal)
     R = kernel.spec.bound
     phi_a = kernel.features(R * torch.tanh(q / R))  # (B, H, n, d, r)

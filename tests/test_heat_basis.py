@@ -12,7 +12,13 @@ import torch
 
 from conftest import qkv
 from heat.attention import HadamardSpec, HeatSpec, TaylorSpec, build_attention
-from heat.attention.exp_basis import svd_basis, svd_features, svd_max_rank, taylor_features
+from heat.attention.exp_basis import (
+    polynomial_coefficients,
+    svd_basis,
+    svd_features,
+    svd_max_rank,
+    taylor_features,
+)
 
 
 def relative_error(output, reference) -> float:
@@ -48,9 +54,20 @@ def test_svd_basis_is_the_weighted_eigendecomposition():
 
 def test_basis_is_cached_and_has_no_parameters():
     assert svd_basis(3.0, 1.0, 8, 24) is svd_basis(3.0, 1.0, 8, 24)
+    assert polynomial_coefficients("svd", 3.0, 1.0, 8, 24) is polynomial_coefficients(
+        "svd", 3.0, 1.0, 8, 24)
     kernel = build_attention(HeatSpec(rank=8), head_dim=4, num_heads=2)
     assert list(kernel.parameters()) == []
-    assert kernel.to(torch.bfloat16).basis.coefficients.dtype == torch.float64
+    assert kernel.to(torch.bfloat16).coefficients.dtype == torch.float64
+    assert kernel.coefficients.shape == (12, 8)  # P = r + 4 monomials
+
+
+def test_polynomial_fit_matches_the_eigenfunctions_where_inputs_fall():
+    """The fitted phi(a) = V(a/R) C against the exact Nystrom-extension eigenfunctions."""
+    a = 3.0 * torch.tanh(torch.randn(20000, dtype=torch.float64) / 3.0)  # the input measure
+    exact = svd_features(a, svd_basis(3.0, 1.0, 8, 24))
+    fitted = build_attention(HeatSpec(rank=8), head_dim=4, num_heads=1).features(a)
+    assert relative_error(fitted, exact) < 1e-3
 
 
 def heat_errors(basis: str, ranks, causal=False) -> dict[int, float]:

@@ -94,3 +94,31 @@ def taylor_features(a: Tensor, rank: int) -> Tensor:
     scales = taylor_scales(rank).to(device=a.device, dtype=a.dtype)
     # a ** 0 must be 1 also at a == 0 (torch.pow gives 1 for 0 ** 0)
     return torch.pow(a[..., None], powers) * scales
+
+
+POLYNOMIAL_EXTRA_DEGREE = 4
+"""P = r + 4 monomials fit the r eigenfunctions as well as the exact Nystrom extension (rank 8:
+2.9e-4 output error against hadamard both ways; P = r gives 1.9e-2). DESIGN.md section 8."""
+
+
+@lru_cache(maxsize=64)
+def polynomial_coefficients(
+    basis: str, bound: float, sigma: float, rank: int, nodes: int
+) -> Tensor:
+    """C (P, r), float64, with phi(a) = V(a / R) C and V(t) = (1, t, ..., t^(P-1)).
+
+    svd: each eigenfunction fit by least squares in the input measure (Gauss-Hermite nodes for
+    N(0, sigma^2) mapped through R tanh(z / R), four times as many as the basis uses), so the
+    fit spends its accuracy where inputs fall. taylor: exact, C = diag(R^p / sqrt(p!)), P = r.
+    """
+    if basis == "taylor":
+        return torch.diag(taylor_scales(rank) * bound ** torch.arange(rank, dtype=torch.float64))
+    eigen = svd_basis(bound, sigma, rank, nodes)
+    z, w = np.polynomial.hermite_e.hermegauss(4 * nodes)
+    t = np.tanh(sigma * z / bound)  # (N,) in (-1, 1)
+    targets = svd_features(torch.from_numpy(bound * t), eigen).numpy()  # (N, r)
+    degree = rank + POLYNOMIAL_EXTRA_DEGREE
+    vandermonde = t[:, None] ** np.arange(degree)[None, :]  # (N, P)
+    sqrt_w = np.sqrt(w / w.sum())[:, None]
+    coefficients, *_ = np.linalg.lstsq(sqrt_w * vandermonde, sqrt_w * targets, rcond=None)
+    return torch.from_numpy(np.ascontiguousarray(coefficients))  # (P, r)

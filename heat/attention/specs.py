@@ -132,9 +132,13 @@ class HeatSpec:
     eigenvalues float64 resolves (16 for the defaults R=3, sigma=1, 24 nodes)."""
     chunk_size: int = 256
     """Positions per chunk of the causal prefix sums."""
+    implementation: str = "folded"
+    """'folded': moments times C C^T, Horner at the queries, no (n, d, r) tensor (DESIGN.md
+    section 8); 'features': materialise phi and run plain linear attention (the reference)."""
 
     def __post_init__(self) -> None:
         _check_choice(self.name, "basis", self.basis, ("svd", "taylor"))
+        _check_choice(self.name, "implementation", self.implementation, ("folded", "features"))
         _check_float(self.name, "bound", self.bound, 0.0, 20.0)
         _check_float(self.name, "sigma", self.sigma, 0.0, 100.0)
         _check_int(self.name, "quadrature_nodes", self.quadrature_nodes, 2, 128)
