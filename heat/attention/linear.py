@@ -34,11 +34,10 @@ def linear_attention(
 ) -> Tensor:
     """`normaliser_floor` (..., n, 1), if given, replaces NORMALISER_EPS as each query's lower
     bound on its normaliser (a kernel known to be >= c > 0 has normaliser >= c * visible keys)."""
+    n = phi_q.shape[-2]
     if normaliser_floor is None:
-        normaliser_floor = phi_q.new_full((1,), NORMALISER_EPS)
-    floor = torch.broadcast_to(
-        normaliser_floor, (*normaliser_floor.shape[:-2], phi_q.shape[-2], 1)
-    ) if normaliser_floor.dim() >= 2 else normaliser_floor
+        normaliser_floor = phi_q.new_full((n, 1), NORMALISER_EPS)
+    floor = torch.broadcast_to(normaliser_floor, (*normaliser_floor.shape[:-2], n, 1))
     if not causal:
         state = phi_k.transpose(-1, -2) @ v  # (..., F, E)
         z = phi_k.sum(dim=-2)  # (..., F)
@@ -64,8 +63,7 @@ def _causal_linear_attention(
         scores = torch.tril(q_c @ k_c.transpose(-1, -2))  # (..., C, C), query i sees keys <= i
         numerator = scores @ v_c + q_c @ state
         normaliser = scores.sum(dim=-1, keepdim=True) + q_c @ z[..., None]
-        chunk_floor = floor[..., start:stop, :] if floor.dim() >= 2 else floor
-        outputs.append(numerator / torch.maximum(normaliser, chunk_floor))
+        outputs.append(numerator / torch.maximum(normaliser, floor[..., start:stop, :]))
         state = state + k_c.transpose(-1, -2) @ v_c
         z = z + k_c.sum(dim=-2)
     return torch.cat(outputs, dim=-2)
