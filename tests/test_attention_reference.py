@@ -75,7 +75,7 @@ def test_hadamard_matches_loops(n, m, lengths, causal):
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("implementation", ["folded", "features"])
+@pytest.mark.parametrize("implementation", ["folded", "fused", "features"])
 @pytest.mark.parametrize("basis", ["svd", "taylor"])
 @pytest.mark.parametrize("n,m,lengths,causal", CASES)
 def test_heat_matches_dense_factorised_kernel(implementation, basis, n, m, lengths, causal):

@@ -1,5 +1,6 @@
-"""The folded HEAT path (moments x C C^T, Horner) against the materialised-features reference:
-values and gradients in fp32, causal and not, padding, batch > 1, ragged chunks."""
+"""The folded HEAT paths (moments x C C^T, Horner; eager and fused kernels) against the
+materialised-features reference: values and gradients in fp32, causal and not, padding,
+batch > 1, ragged chunks, channel counts that are not a multiple of the kernels' block width."""
 
 from __future__ import annotations
 
@@ -14,27 +15,66 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize("basis,rank", [("svd", 8), ("svd", 16), ("taylor", 6)])
+def run(implementation, basis, rank, n, m, causal, head_dim, dtype=torch.float32):
+    lengths = [m, m - 11, m - 3]
+    mask = torch.arange(m)[None, :] >= torch.tensor(lengths)[:, None]  # (3, m), right padding
+    spec = HeatSpec(rank=rank, basis=basis, chunk_size=16, implementation=implementation)
+    kernel = build_attention(spec, head_dim=head_dim, num_heads=2)
+    q, k, v = (t.to(dtype).requires_grad_() for t in qkv(3, 2, n, m, head_dim, seed=3))
+    out = kernel(q, k, v, key_padding_mask=mask, causal=causal)
+    (out * torch.linspace(-1, 1, head_dim, dtype=dtype)).sum().backward()
+    return out.detach(), [t.grad for t in (q, k, v)]
+
+
+@pytest.mark.parametrize("implementation", ["folded", "fused"])
+@pytest.mark.parametrize("basis,rank", [("svd", 8), ("svd", 16), ("taylor", 6), ("taylor", 20)])
 @pytest.mark.parametrize(
     "n,m,causal",
     [(37, 37, False), (29, 41, False), (37, 37, True), (5, 37, True)],  # (5, 37): cached decoding
 )
-def test_folded_matches_features_values_and_gradients(basis, rank, n, m, causal):
-    lengths = [m, m - 11, m - 3]
-    mask = torch.arange(m)[None, :] >= torch.tensor(lengths)[:, None]  # (3, m), right padding
-    outputs, grads = {}, {}
-    for implementation in ("folded", "features"):
-        spec = HeatSpec(rank=rank, basis=basis, chunk_size=16, implementation=implementation)
-        kernel = build_attention(spec, head_dim=8, num_heads=2)
-        q, k, v = (t.float().requires_grad_() for t in qkv(3, 2, n, m, 8, seed=3))
-        out = kernel(q, k, v, key_padding_mask=mask, causal=causal)
-        (out * torch.linspace(-1, 1, 8)).sum().backward()
-        outputs[implementation] = out.detach()
-        grads[implementation] = [t.grad for t in (q, k, v)]
-    assert relative(outputs["folded"], outputs["features"]) < 1e-4
-    for folded, features in zip(grads["folded"], grads["features"]):
-        assert relative(folded, features) < 1e-4
+@pytest.mark.parametrize("head_dim", [8, 40])  # 40: two full blocks of 16 channels and a partial
+def test_fast_paths_match_features_values_and_gradients(
+    implementation, basis, rank, n, m, causal, head_dim
+):
+    out, grads = run(implementation, basis, rank, n, m, causal, head_dim)
+    ref, ref_grads = run("features", basis, rank, n, m, causal, head_dim)
+    assert relative(out, ref) < 1e-4
+    for fast, features in zip(grads, ref_grads):
+        assert relative(fast, features) < 1e-4
 
 
-def test_folded_is_the_default():
-    assert HeatSpec().implementation == "folded"
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_matches_folded_in_float64(causal):
+    out, grads = run("fused", "svd", 8, 37, 37, causal, 24, torch.float64)
+    ref, ref_grads = run("folded", "svd", 8, 37, 37, causal, 24, torch.float64)
+    assert relative(out, ref) < 1e-12
+    for fast, folded in zip(grads, ref_grads):
+        assert relative(fast, folded) < 1e-12
+
+
+def test_auto_is_the_default_and_uses_the_fused_kernels_here():
+    from heat.attention.fused import fused_available
+
+    assert HeatSpec().implementation == "auto"
+    kernel = build_attention(HeatSpec(), head_dim=8, num_heads=2)
+    assert fused_available(torch.device("cpu")), "the C++ compiler is part of the test setup"
+    assert kernel._implementation(torch.device("cpu")) == "fused"
+
+
+def test_auto_falls_back_to_folded_when_the_kernels_are_disabled(monkeypatch):
+    from heat.attention import cpu_kernels, fused
+
+    monkeypatch.setenv("HEAT_CPU_KERNELS", "0")
+    cpu_kernels.library.cache_clear()
+    cpu_kernels.available.cache_clear()
+    try:
+        assert not fused.fused_available(torch.device("cpu"))
+        auto = build_attention(HeatSpec(), head_dim=8, num_heads=2)
+        assert auto._implementation(torch.device("cpu")) == "folded"
+        strict = build_attention(HeatSpec(implementation="fused"), head_dim=8, num_heads=2)
+        q, k, v = qkv(1, 2, 4, 4, 8)
+        with pytest.raises(RuntimeError, match="implementation=fused: no fused kernels on cpu"):
+            strict(q, k, v)
+    finally:
+        cpu_kernels.library.cache_clear()
+        cpu_kernels.available.cache_clear()

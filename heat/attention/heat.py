@@ -22,6 +22,7 @@ from torch import Tensor
 from heat.attention.base import AttentionKernel, Capabilities
 from heat.attention.exp_basis import polynomial_coefficients
 from heat.attention.folded import folded_heat
+from heat.attention.fused import fused_available, fused_heat
 from heat.attention.hadamard import bounded
 from heat.attention.linear import NORMALISER_EPS, accumulation_dtype, linear_attention
 from heat.attention.registry import register
@@ -55,11 +56,36 @@ class HeatAttention(AttentionKernel):
         a = bounded(q.to(dtype), self.spec.bound)  # (B, H, n, d)
         b = bounded(k.to(dtype), self.spec.bound)  # (B, H, m, d)
         floor = self._normaliser_floor(key_padding_mask, q, k, causal).to(dtype)  # (B, n)
-        if self.spec.implementation == "folded":
+        implementation = self._implementation(a.device)
+        if implementation == "fused":
+            out = self._fused(a, b, v.to(dtype), key_padding_mask, causal, floor)
+        elif implementation == "folded":
             out = self._folded(a, b, v.to(dtype), key_padding_mask, causal, floor)
         else:
             out = self._materialised(a, b, v.to(dtype), key_padding_mask, causal, floor)
         return out.to(q.dtype)
+
+    def _implementation(self, device: torch.device) -> str:
+        """The path `spec.implementation` means on this device ('auto': fused if available)."""
+        wanted = self.spec.implementation
+        if wanted in ("folded", "features"):
+            return wanted
+        if fused_available(device):
+            return "fused"
+        if wanted == "fused":
+            raise RuntimeError(
+                f"heat.implementation=fused: no fused kernels on {device.type} here (see the "
+                f"warning above); use implementation: auto or folded"
+            )
+        return "folded"
+
+    def _fused(self, a, b, v, key_padding_mask, causal, floor) -> Tensor:
+        valid = None if key_padding_mask is None else ~key_padding_mask  # (B, m)
+        bound = self.spec.bound
+        return fused_heat(
+            a / bound, b / bound, v, self.kernel_matrix.to(device=a.device, dtype=a.dtype),
+            key_valid=valid, causal=causal, floor=floor,
+        )
 
     def _folded(self, a, b, v, key_padding_mask, causal, floor) -> Tensor:
         valid = None if key_padding_mask is None else (

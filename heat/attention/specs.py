@@ -118,6 +118,7 @@ class HeatSpec:
 
     name: ClassVar[str] = "heat"
     MAX_TAYLOR_RANK: ClassVar[int] = 20
+    IMPLEMENTATIONS: ClassVar[tuple[str, ...]] = ("auto", "fused", "folded", "features")
 
     rank: int = 8
     """r, the number of eigenfunctions (svd) or Taylor terms (taylor)."""
@@ -132,13 +133,16 @@ class HeatSpec:
     eigenvalues float64 resolves (16 for the defaults R=3, sigma=1, 24 nodes)."""
     chunk_size: int = 256
     """Positions per chunk of the causal prefix sums."""
-    implementation: str = "folded"
+    implementation: str = "auto"
     """'folded': moments times C C^T, Horner at the queries, no (n, d, r) tensor (DESIGN.md
-    section 8); 'features': materialise phi and run plain linear attention (the reference)."""
+    section 8), in eager PyTorch; 'fused': the same in fused kernels with a hand-written backward
+    (C++ on the CPU, Triton on CUDA), an error where they are unavailable; 'auto': 'fused' where
+    available, else 'folded'; 'features': materialise phi and run plain linear attention (the
+    reference the others are tested against)."""
 
     def __post_init__(self) -> None:
         _check_choice(self.name, "basis", self.basis, ("svd", "taylor"))
-        _check_choice(self.name, "implementation", self.implementation, ("folded", "features"))
+        _check_choice(self.name, "implementation", self.implementation, self.IMPLEMENTATIONS)
         _check_float(self.name, "bound", self.bound, 0.0, 20.0)
         _check_float(self.name, "sigma", self.sigma, 0.0, 100.0)
         _check_int(self.name, "quadrature_nodes", self.quadrature_nodes, 2, 128)

@@ -1,0 +1,228 @@
+"""Fused CPU kernels for folded HEAT: `csrc/folded_heat.cpp`, built on first use, called by ctypes.
+
+Why not eager PyTorch: the folded form does O(P) work per element, but eager PyTorch spends it
+in ~P separate passes over (B, H, n, d) tensors and autograd keeps every intermediate; the fused
+kernels read q, k, v and write the output once per pass, with a hand-written backward.
+
+Why ctypes and not a torch C++ extension: the kernel file needs no PyTorch headers, so it compiles
+with the system C++ compiler in a few seconds (a torch extension takes minutes on 2 cores), and the
+same build works against any torch version. The shared library is cached under
+`$HEAT_KERNEL_CACHE` (default `~/.cache/heat-attention`), keyed by a hash of the source, the
+compiler flags and the CPU's instruction-set flags, so a shared home on a mixed cluster gets one
+build per CPU type. ctypes releases the GIL during each call, so a thread pool runs the
+independent (row, channel-block) tasks on `torch.get_num_threads()` threads.
+
+`HEAT_CPU_KERNELS=0` disables the kernels (the eager folded path is used); a failed build logs one
+warning and falls back the same way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "csrc" / "folded_heat.cpp"
+FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd", "-ffp-contract=fast", "-std=c++17",
+         "-shared", "-fPIC"]
+ABI_VERSION = 1
+
+_I64 = ctypes.c_int64
+_build_lock = threading.Lock()
+
+
+class KernelUnavailable(RuntimeError):
+    """The fused CPU kernels cannot be built or loaded here (the reason is the message)."""
+
+
+def _cpu_signature() -> str:
+    """The CPU's instruction-set flags: a library built with -march=native is only valid there."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _library_path() -> Path:
+    compiler = os.environ.get("CXX", "c++")
+    key = hashlib.sha256(
+        SOURCE.read_bytes() + " ".join([compiler, *FLAGS, _cpu_signature()]).encode()
+    ).hexdigest()[:16]
+    cache = Path(os.environ.get("HEAT_KERNEL_CACHE", Path.home() / ".cache" / "heat-attention"))
+    return cache / f"folded_heat-{key}.so"
+
+
+def _build(target: Path) -> None:
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise KernelUnavailable(f"no C++ compiler ({compiler!r} not on PATH; set CXX)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # build to a temporary name and rename: concurrent processes never load a half-written file
+    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
+        partial = Path(tmp.name)
+    try:
+        logger.info("building the fused HEAT CPU kernels (%s, a few seconds, once)", target.name)
+        result = subprocess.run(
+            [compiler, *FLAGS, str(SOURCE), "-o", str(partial)], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise KernelUnavailable(f"{compiler} failed:\n{result.stderr[-2000:]}")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+@functools.cache
+def library() -> ctypes.CDLL:
+    """The loaded kernel library; raises KernelUnavailable (cached) if it cannot be had."""
+    if os.environ.get("HEAT_CPU_KERNELS", "1") == "0":
+        raise KernelUnavailable("disabled by HEAT_CPU_KERNELS=0")
+    path = _library_path()
+    with _build_lock:
+        if not path.exists():
+            _build(path)
+    lib = ctypes.CDLL(str(path))
+    if lib.heat_kernels_abi_version() != ABI_VERSION:
+        raise KernelUnavailable(f"{path} has ABI {lib.heat_kernels_abi_version()}, need {ABI_VERSION}")
+    return lib
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the fused kernels can run here; logs why not, once."""
+    try:
+        library()
+    except (KernelUnavailable, OSError) as error:
+        logger.warning("fused HEAT CPU kernels unavailable, using the eager folded path: %s", error)
+        return False
+    return True
+
+
+def max_degree() -> int:
+    return library().heat_kernels_max_degree()
+
+
+@functools.cache
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="heat-kernel")
+
+
+def _ptr(x: Tensor | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(None if x is None else x.data_ptr())
+
+
+def _run_tasks(fn, args: list, tasks: int) -> None:
+    """Call fn(*args, begin, end, ...) over [0, tasks) split across torch's thread count."""
+    threads = max(1, min(torch.get_num_threads(), tasks))
+    bounds = [tasks * i // threads for i in range(threads + 1)]
+    calls = [(bounds[i], bounds[i + 1]) for i in range(threads) if bounds[i] < bounds[i + 1]]
+    if len(calls) == 1:
+        fn(*args[0], _I64(0), _I64(tasks), *args[1])
+        return
+    futures = [_pool(threads).submit(fn, *args[0], _I64(b), _I64(e), *args[1]) for b, e in calls]
+    for future in futures:
+        future.result()
+
+
+def _suffix(dtype: torch.dtype) -> str:
+    if dtype == torch.float32:
+        return "f32"
+    if dtype == torch.float64:
+        return "f64"
+    raise TypeError(f"fused HEAT CPU kernels take float32 or float64, got {dtype}")
+
+
+class _FoldedHeatCPU(torch.autograd.Function):
+    """out = folded HEAT(tq, tk, v) with a hand-written backward (gradients for tq, tk, v)."""
+
+    @staticmethod
+    def forward(ctx, tq, tk, v, valid, floor, kernel, heads: int, causal: bool):
+        lib = library()
+        tq, tk, v = tq.contiguous(), tk.contiguous(), v.contiguous()
+        batch_heads, n, d = tq.shape
+        m, degree = tk.shape[1], kernel.shape[0]
+        shape = [_I64(batch_heads), _I64(heads), _I64(n), _I64(m), _I64(d), _I64(degree)]
+        tasks = batch_heads * -(-d // lib.heat_kernels_block_width())
+        common = [_ptr(tq), _ptr(tk), _ptr(v), _ptr(valid), _ptr(floor), _ptr(kernel)]
+        out = torch.empty_like(tq)
+        suffix = _suffix(tq.dtype)
+        if causal:
+            _run_tasks(getattr(lib, f"heat_causal_fwd_{suffix}"), [common + shape, [_ptr(out)]], tasks)
+            mixed = (None, None)
+        else:
+            mixed = (tq.new_empty(batch_heads, degree, d), tq.new_empty(batch_heads, degree, d))
+            _run_tasks(
+                getattr(lib, f"heat_noncausal_fwd_{suffix}"),
+                [common + shape, [_ptr(out), _ptr(mixed[0]), _ptr(mixed[1])]], tasks,
+            )
+        ctx.save_for_backward(tq, tk, v, valid, floor, kernel, *[x for x in mixed if x is not None])
+        ctx.heads, ctx.causal, ctx.tasks = heads, causal, tasks
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        lib = library()
+        tq, tk, v, valid, floor, kernel, *mixed = ctx.saved_tensors
+        grad = grad.contiguous()
+        batch_heads, n, d = tq.shape
+        m, degree = tk.shape[1], kernel.shape[0]
+        shape = [_I64(batch_heads), _I64(ctx.heads), _I64(n), _I64(m), _I64(d), _I64(degree)]
+        common = [_ptr(tq), _ptr(tk), _ptr(v), _ptr(valid), _ptr(floor), _ptr(kernel)]
+        dtq, dtk, dv = torch.empty_like(tq), torch.empty_like(tk), torch.empty_like(v)
+        suffix = _suffix(tq.dtype)
+        if ctx.causal:
+            scratch = (torch.empty_like(tq), torch.empty_like(tq))
+            _run_tasks(
+                getattr(lib, f"heat_causal_bwd_{suffix}"),
+                [common + [_ptr(grad)] + shape,
+                 [_ptr(dtq), _ptr(dtk), _ptr(dv), _ptr(scratch[0]), _ptr(scratch[1])]],
+                ctx.tasks,
+            )
+        else:
+            _run_tasks(
+                getattr(lib, f"heat_noncausal_bwd_{suffix}"),
+                [common + [_ptr(mixed[0]), _ptr(mixed[1]), _ptr(grad)] + shape,
+                 [_ptr(dtq), _ptr(dtk), _ptr(dv)]],
+                ctx.tasks,
+            )
+        return dtq, dtk, dv, None, None, None, None, None
+
+
+def folded_heat_cpu(
+    t_q: Tensor, t_k: Tensor, v: Tensor, kernel: Tensor, *, key_valid: Tensor | None,
+    causal: bool, floor: Tensor,
+) -> Tensor:
+    """The fused equivalent of `folded.folded_heat`.
+
+    t_q (B, H, n, d), t_k and v (B, H, m, d), kernel (P, P) symmetric, key_valid (B, m) or None,
+    floor (B, n); all float32 or all float64, on the CPU. Returns (B, H, n, d).
+    """
+    batch, heads, n, d = t_q.shape
+    m = t_k.shape[2]
+    if kernel.shape[0] > max_degree():
+        raise ValueError(f"polynomial length {kernel.shape[0]} exceeds the kernels' {max_degree()}")
+    dtype = t_q.dtype
+    valid = None if key_valid is None else key_valid.to(dtype).contiguous()
+    out = _FoldedHeatCPU.apply(
+        t_q.reshape(batch * heads, n, d), t_k.reshape(batch * heads, m, d),
+        v.reshape(batch * heads, m, d), valid, floor.to(dtype).contiguous(),
+        kernel.to(dtype).contiguous(), heads, causal,
+    )
+    return out.view(batch, heads, n, d)
