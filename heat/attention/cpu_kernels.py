@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 SOURCE = Path(__file__).parent / "csrc" / "folded_heat.cpp"
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd", "-ffp-contract=fast", "-std=c++17",
          "-shared", "-fPIC"]
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _I64 = ctypes.c_int64
 _build_lock = threading.Lock()
@@ -150,15 +150,20 @@ def _suffix(dtype: torch.dtype) -> str:
 
 
 class _FoldedHeatCPU(torch.autograd.Function):
-    """out = folded HEAT(tq, tk, v) with a hand-written backward (gradients for tq, tk, v)."""
+    """out = folded HEAT(tanh(q / R), tanh(k / R), v) with a hand-written backward for q, k, v.
+
+    The tanh bound is applied here rather than by the caller: its gradient (1 - t^2) / R is
+    folded into the kernels' last write, which saves four full passes over q and k."""
 
     @staticmethod
-    def forward(ctx, tq, tk, v, valid, floor, kernel, heads: int, causal: bool):
+    def forward(ctx, q, k, v, valid, floor, kernel, heads: int, causal: bool, bound: float):
         lib = library()
-        tq, tk, v = tq.contiguous(), tk.contiguous(), v.contiguous()
+        tq, tk = torch.tanh(q / bound).contiguous(), torch.tanh(k / bound).contiguous()
+        v = v.contiguous()
         batch_heads, n, d = tq.shape
         m, degree = tk.shape[1], kernel.shape[0]
-        shape = [_I64(batch_heads), _I64(heads), _I64(n), _I64(m), _I64(d), _I64(degree)]
+        shape = [_I64(batch_heads), _I64(heads), _I64(n), _I64(m), _I64(d), _I64(degree),
+                 ctypes.c_double(0.0)]
         tasks = batch_heads * -(-d // lib.heat_kernels_block_width())
         common = [_ptr(tq), _ptr(tk), _ptr(v), _ptr(valid), _ptr(floor), _ptr(kernel)]
         out = torch.empty_like(tq)
@@ -173,7 +178,7 @@ class _FoldedHeatCPU(torch.autograd.Function):
                 [common + shape, [_ptr(out), _ptr(mixed[0]), _ptr(mixed[1])]], tasks,
             )
         ctx.save_for_backward(tq, tk, v, valid, floor, kernel, *[x for x in mixed if x is not None])
-        ctx.heads, ctx.causal, ctx.tasks = heads, causal, tasks
+        ctx.heads, ctx.causal, ctx.tasks, ctx.bound = heads, causal, tasks, bound
         return out
 
     @staticmethod
@@ -183,7 +188,8 @@ class _FoldedHeatCPU(torch.autograd.Function):
         grad = grad.contiguous()
         batch_heads, n, d = tq.shape
         m, degree = tk.shape[1], kernel.shape[0]
-        shape = [_I64(batch_heads), _I64(ctx.heads), _I64(n), _I64(m), _I64(d), _I64(degree)]
+        shape = [_I64(batch_heads), _I64(ctx.heads), _I64(n), _I64(m), _I64(d), _I64(degree),
+                 ctypes.c_double(1.0 / ctx.bound)]  # gradients for q and k, not for t
         common = [_ptr(tq), _ptr(tk), _ptr(v), _ptr(valid), _ptr(floor), _ptr(kernel)]
         dtq, dtk, dv = torch.empty_like(tq), torch.empty_like(tk), torch.empty_like(v)
         suffix = _suffix(tq.dtype)
@@ -202,27 +208,27 @@ class _FoldedHeatCPU(torch.autograd.Function):
                  [_ptr(dtq), _ptr(dtk), _ptr(dv)]],
                 ctx.tasks,
             )
-        return dtq, dtk, dv, None, None, None, None, None
+        return dtq, dtk, dv, None, None, None, None, None, None
 
 
 def folded_heat_cpu(
-    t_q: Tensor, t_k: Tensor, v: Tensor, kernel: Tensor, *, key_valid: Tensor | None,
-    causal: bool, floor: Tensor,
+    q: Tensor, k: Tensor, v: Tensor, kernel: Tensor, *, bound: float,
+    key_valid: Tensor | None, causal: bool, floor: Tensor,
 ) -> Tensor:
-    """The fused equivalent of `folded.folded_heat`.
+    """The fused equivalent of `folded.folded_heat` on t = tanh(q / R), tanh(k / R).
 
-    t_q (B, H, n, d), t_k and v (B, H, m, d), kernel (P, P) symmetric, key_valid (B, m) or None,
+    q (B, H, n, d), k and v (B, H, m, d), kernel (P, P) symmetric, key_valid (B, m) or None,
     floor (B, n); all float32 or all float64, on the CPU. Returns (B, H, n, d).
     """
-    batch, heads, n, d = t_q.shape
-    m = t_k.shape[2]
+    batch, heads, n, d = q.shape
+    m = k.shape[2]
     if kernel.shape[0] > max_degree():
         raise ValueError(f"polynomial length {kernel.shape[0]} exceeds the kernels' {max_degree()}")
-    dtype = t_q.dtype
+    dtype = q.dtype
     valid = None if key_valid is None else key_valid.to(dtype).contiguous()
     out = _FoldedHeatCPU.apply(
-        t_q.reshape(batch * heads, n, d), t_k.reshape(batch * heads, m, d),
+        q.reshape(batch * heads, n, d), k.reshape(batch * heads, m, d),
         v.reshape(batch * heads, m, d), valid, floor.to(dtype).contiguous(),
-        kernel.to(dtype).contiguous(), heads, causal,
+        kernel.to(dtype).contiguous(), heads, causal, bound,
     )
     return out.view(batch, heads, n, d)

@@ -21,16 +21,18 @@ def fused_available(device: torch.device) -> bool:
 
 
 def fused_heat(
-    t_q: Tensor, t_k: Tensor, v: Tensor, kernel: Tensor, *, key_valid: Tensor | None,
+    q: Tensor, k: Tensor, v: Tensor, kernel: Tensor, *, bound: float, key_valid: Tensor | None,
     causal: bool, floor: Tensor,
 ) -> Tensor:
-    """t = a / R for queries (B, H, n, d) and keys (B, H, m, d); v (B, H, m, d); kernel = C C^T
-    (P, P); key_valid (B, m) bool or None; floor (B, n) the normaliser floor. -> (B, H, n, d)."""
-    if t_q.device.type == "cuda":
+    """Folded HEAT on t = tanh(q / R), tanh(k / R) (the bound is applied inside, its gradient
+    too): queries (B, H, n, d), keys and values (B, H, m, d); kernel = C C^T (P, P); key_valid
+    (B, m) bool or None; floor (B, n) the normaliser floor. -> (B, H, n, d)."""
+    if q.device.type == "cuda":
         from heat.attention.triton_kernels import folded_heat_triton
 
-        return folded_heat_triton(t_q, t_k, v, kernel, key_valid=key_valid, causal=causal,
-                                  floor=floor)
+        return folded_heat_triton(q, k, v, kernel, bound=bound, key_valid=key_valid,
+                                  causal=causal, floor=floor)
     from heat.attention.cpu_kernels import folded_heat_cpu
 
-    return folded_heat_cpu(t_q, t_k, v, kernel, key_valid=key_valid, causal=causal, floor=floor)
+    return folded_heat_cpu(q, k, v, kernel, bound=bound, key_valid=key_valid, causal=causal,
+                           floor=floor)

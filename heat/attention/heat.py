@@ -52,18 +52,24 @@ class HeatAttention(AttentionKernel):
         return powers @ self.coefficients.to(device=x.device, dtype=x.dtype)  # (..., P) @ (P, r)
 
     def _attend(self, q, k, v, *, key_padding_mask, query_padding_mask, causal) -> Tensor:
-        dtype = accumulation_dtype(q.dtype)
-        a = bounded(q.to(dtype), self.spec.bound)  # (B, H, n, d)
-        b = bounded(k.to(dtype), self.spec.bound)  # (B, H, m, d)
+        in_dtype, dtype = q.dtype, accumulation_dtype(q.dtype)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         floor = self._normaliser_floor(key_padding_mask, q, k, causal).to(dtype)  # (B, n)
-        implementation = self._implementation(a.device)
-        if implementation == "fused":
-            out = self._fused(a, b, v.to(dtype), key_padding_mask, causal, floor)
-        elif implementation == "folded":
-            out = self._folded(a, b, v.to(dtype), key_padding_mask, causal, floor)
+        implementation = self._implementation(q.device)
+        if implementation == "fused":  # applies the bound R tanh(x / R) itself
+            valid = None if key_padding_mask is None else ~key_padding_mask  # (B, m)
+            out = fused_heat(
+                q, k, v, self.kernel_matrix.to(device=q.device, dtype=dtype),
+                bound=self.spec.bound, key_valid=valid, causal=causal, floor=floor,
+            )
+            return out.to(in_dtype)
+        a = bounded(q, self.spec.bound)  # (B, H, n, d)
+        b = bounded(k, self.spec.bound)  # (B, H, m, d)
+        if implementation == "folded":
+            out = self._folded(a, b, v, key_padding_mask, causal, floor)
         else:
-            out = self._materialised(a, b, v.to(dtype), key_padding_mask, causal, floor)
-        return out.to(q.dtype)
+            out = self._materialised(a, b, v, key_padding_mask, causal, floor)
+        return out.to(in_dtype)
 
     def _implementation(self, device: torch.device) -> str:
         """The path `spec.implementation` means on this device ('auto': fused if available)."""
@@ -78,14 +84,6 @@ class HeatAttention(AttentionKernel):
                 f"warning above); use implementation: auto or folded"
             )
         return "folded"
-
-    def _fused(self, a, b, v, key_padding_mask, causal, floor) -> Tensor:
-        valid = None if key_padding_mask is None else ~key_padding_mask  # (B, m)
-        bound = self.spec.bound
-        return fused_heat(
-            a / bound, b / bound, v, self.kernel_matrix.to(device=a.device, dtype=a.dtype),
-            key_valid=valid, causal=causal, floor=floor,
-        )
 
     def _folded(self, a, b, v, key_padding_mask, causal, floor) -> Tensor:
         valid = None if key_padding_mask is None else (

@@ -28,7 +28,14 @@ constexpr int PMAX = 24;  // largest polynomial length (rank 20 + 4)
 
 struct Shape {
   int64_t N, H, Lq, Lk, D, P;
+  double inv_bound;  // > 0: t = tanh(x / R) and gradients are returned for x, not t
 };
+
+// dt/dx for t = tanh(x / R) is (1 - t^2) / R; with inv_bound == 0 the kernels return d/dt.
+template <typename T>
+inline T chain(T t, const Shape& s) {
+  return s.inv_bound > 0 ? (T(1) - t * t) * T(s.inv_bound) : T(1);
+}
 
 struct Block {
   int64_t n, b, c0;
@@ -181,7 +188,7 @@ void noncausal_bwd_impl(const Shape& s, int64_t begin, int64_t end, const T* tq,
         const T d = floored ? fl : den[c];
         gnum[c] = grad[row + c] / d;
         gden[c] = floored ? T(0) : -gnum[c] * num[c] / d;
-        dtq[row + c] = gnum[c] * dnum_dt[c] + gden[c] * dden_dt[c];
+        dtq[row + c] = (gnum[c] * dnum_dt[c] + gden[c] * dden_dt[c]) * chain(tq[row + c], s);
       }
       add_moments(dA, tq + row, gnum, P, w);
       add_moments(dB, tq + row, gden, P, w);
@@ -198,7 +205,7 @@ void noncausal_bwd_impl(const Shape& s, int64_t begin, int64_t end, const T* tq,
 #pragma omp simd
       for (int c = 0; c < w; ++c) {
         dv[row + c] = keep * val[c];
-        dtk[row + c] = keep * (v[row + c] * der[c] + zder[c]);
+        dtk[row + c] = keep * (v[row + c] * der[c] + zder[c]) * chain(tk[row + c], s);
       }
     }
   }
@@ -298,7 +305,7 @@ void causal_bwd_impl(const Shape& s, int64_t begin, int64_t end, const T* tq, co
           const T gd = floored ? T(0) : -gn * num[c] / d;
           gnum_buf[row + c] = gn;
           gden_buf[row + c] = gd;
-          dtq[row + c] = gn * dnum[c] + gd * dden[c];
+          dtq[row + c] = (gn * dnum[c] + gd * dden[c]) * chain(tq[row + c], s);
         }
       }
     }
@@ -325,7 +332,7 @@ void causal_bwd_impl(const Shape& s, int64_t begin, int64_t end, const T* tq, co
 #pragma omp simd
       for (int c = 0; c < w; ++c) {
         dv[krow + c] = keep * val[c];
-        dtk[krow + c] = keep * (v[krow + c] * der[c] + zder[c]);
+        dtk[krow + c] = keep * (v[krow + c] * der[c] + zder[c]) * chain(tk[krow + c], s);
       }
     }
   }
@@ -354,35 +361,35 @@ HEAT_DISPATCH(causal_bwd)
 #define HEAT_EXPORT(SUFFIX, T)                                                                   \
   extern "C" void heat_noncausal_fwd_##SUFFIX(                                                   \
       const T* tq, const T* tk, const T* v, const T* valid, const T* floor, const T* K,          \
-      int64_t N, int64_t H, int64_t Lq, int64_t Lk, int64_t D, int64_t P, int64_t begin,         \
+      int64_t N, int64_t H, int64_t Lq, int64_t Lk, int64_t D, int64_t P, double inv_bound, int64_t begin,         \
       int64_t end, T* out, T* A, T* Bz) {                                                        \
-    noncausal_fwd<T>(Shape{N, H, Lq, Lk, D, P}, begin, end, tq, tk, v, valid, floor, K, out, A, \
+    noncausal_fwd<T>(Shape{N, H, Lq, Lk, D, P, inv_bound}, begin, end, tq, tk, v, valid, floor, K, out, A, \
                      Bz);                                                                        \
   }                                                                                              \
   extern "C" void heat_noncausal_bwd_##SUFFIX(                                                   \
       const T* tq, const T* tk, const T* v, const T* valid, const T* floor, const T* K,          \
       const T* A, const T* Bz, const T* grad, int64_t N, int64_t H, int64_t Lq, int64_t Lk,      \
-      int64_t D, int64_t P, int64_t begin, int64_t end, T* dtq, T* dtk, T* dv) {                 \
-    noncausal_bwd<T>(Shape{N, H, Lq, Lk, D, P}, begin, end, tq, tk, v, valid, floor, K, A, Bz, \
+      int64_t D, int64_t P, double inv_bound, int64_t begin, int64_t end, T* dtq, T* dtk, T* dv) {                 \
+    noncausal_bwd<T>(Shape{N, H, Lq, Lk, D, P, inv_bound}, begin, end, tq, tk, v, valid, floor, K, A, Bz, \
                      grad, dtq, dtk, dv);                                                         \
   }                                                                                              \
   extern "C" void heat_causal_fwd_##SUFFIX(                                                      \
       const T* tq, const T* tk, const T* v, const T* valid, const T* floor, const T* K,          \
-      int64_t N, int64_t H, int64_t Lq, int64_t Lk, int64_t D, int64_t P, int64_t begin,         \
+      int64_t N, int64_t H, int64_t Lq, int64_t Lk, int64_t D, int64_t P, double inv_bound, int64_t begin,         \
       int64_t end, T* out) {                                                                     \
-    causal_fwd<T>(Shape{N, H, Lq, Lk, D, P}, begin, end, tq, tk, v, valid, floor, K, out);      \
+    causal_fwd<T>(Shape{N, H, Lq, Lk, D, P, inv_bound}, begin, end, tq, tk, v, valid, floor, K, out);      \
   }                                                                                              \
   extern "C" void heat_causal_bwd_##SUFFIX(                                                      \
       const T* tq, const T* tk, const T* v, const T* valid, const T* floor, const T* K,          \
       const T* grad, int64_t N, int64_t H, int64_t Lq, int64_t Lk, int64_t D, int64_t P,         \
-      int64_t begin, int64_t end, T* dtq, T* dtk, T* dv, T* gnum, T* gden) {                     \
-    causal_bwd<T>(Shape{N, H, Lq, Lk, D, P}, begin, end, tq, tk, v, valid, floor, K, grad, dtq, \
+      double inv_bound, int64_t begin, int64_t end, T* dtq, T* dtk, T* dv, T* gnum, T* gden) {                     \
+    causal_bwd<T>(Shape{N, H, Lq, Lk, D, P, inv_bound}, begin, end, tq, tk, v, valid, floor, K, grad, dtq, \
                   dtk, dv, gnum, gden);                                                          \
   }
 
 HEAT_EXPORT(f32, float)
 HEAT_EXPORT(f64, double)
 
-extern "C" int heat_kernels_abi_version() { return 1; }
+extern "C" int heat_kernels_abi_version() { return 2; }
 extern "C" int heat_kernels_block_width() { return W; }
 extern "C" int heat_kernels_max_degree() { return PMAX; }
