@@ -299,7 +299,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
                 s = case.spec
                 record["fit"] = fit_report(s.basis, s.bound, s.sigma, s.rank, s.quadrature_nodes)
-                record["implementation"] = case.kernel._implementation(device)
+                record["implementation"] = case.kernel.implementation_for(device, args.causal)
             reason = _skip_reason(case, args, n, dtype, last_ms.get(case.label))
             if reason:
                 record["skipped"] = reason
@@ -314,6 +314,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             records.append(record)
     progress.close()
     _add_ratios(records)
+    _add_bandwidth(records, device)
     return records
 
 
@@ -394,6 +395,39 @@ def _measure(live, args, n, device, dtype, memory, exact_kernels, progress) -> N
         record["peak_mem_mb"] = memory.peak
         if memory.peak is None:
             record["peak_mem_skipped"] = memory.reason
+
+
+PEAK_GBPS_BY_NAME = {"H100 80GB HBM3": 3350.0, "H100 PCIe": 2000.0, "H100 NVL": 3900.0,
+                     "H200": 4800.0, "A100-SXM4-80GB": 2039.0, "A100-SXM4-40GB": 1555.0}
+
+
+def _peak_gbps(device: torch.device) -> float | None:
+    """The device's peak memory bandwidth: from its properties where torch reports the memory
+    clock and bus width, else from a table of data-sheet values."""
+    props = torch.cuda.get_device_properties(device)
+    clock_khz, bus_bits = (getattr(props, "memory_clock_rate", 0),
+                           getattr(props, "memory_bus_width", 0))
+    if clock_khz and bus_bits:
+        return 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9  # double data rate
+    return next((gbps for name, gbps in PEAK_GBPS_BY_NAME.items() if name in props.name), None)
+
+
+def _add_bandwidth(records: list[dict[str, Any]], device: torch.device) -> None:
+    """For the linear-time variants on CUDA: the least traffic one forward+backward can do (read
+    q, k, v; write the output; read them and the output gradient; write three gradients: 11
+    tensors of (B, H, n, d)) over the measured time, against the device's peak."""
+    if device.type != "cuda":
+        return
+    peak = _peak_gbps(device)
+    for r in records:
+        if r["variant"] != "heat" or not r["fwd_bwd_ms"]:
+            continue
+        itemsize = 2 if r["dtype"] == "bfloat16" else 4
+        tensor = r["batch"] * r["heads"] * r["n"] * r["head_dim"] * itemsize
+        r["min_bytes_fwd_bwd"] = 11 * tensor
+        r["achieved_gbps"] = 11 * tensor / (r["fwd_bwd_ms"] * 1e-3) / 1e9
+        r["peak_gbps"] = peak
+        r["fraction_of_peak"] = r["achieved_gbps"] / peak if peak else None
 
 
 def _add_ratios(records: list[dict[str, Any]]) -> None:

@@ -58,7 +58,7 @@ def test_auto_is_the_default_and_uses_the_fused_kernels_here():
     assert HeatSpec().implementation == "auto"
     kernel = build_attention(HeatSpec(), head_dim=8, num_heads=2)
     assert fused_available(torch.device("cpu")), "the C++ compiler is part of the test setup"
-    assert kernel._implementation(torch.device("cpu")) == "fused"
+    assert kernel.implementation_for(torch.device("cpu")) == "fused"
 
 
 def test_auto_falls_back_to_folded_when_the_kernels_are_disabled(monkeypatch):
@@ -70,7 +70,7 @@ def test_auto_falls_back_to_folded_when_the_kernels_are_disabled(monkeypatch):
     try:
         assert not fused.fused_available(torch.device("cpu"))
         auto = build_attention(HeatSpec(), head_dim=8, num_heads=2)
-        assert auto._implementation(torch.device("cpu")) == "folded"
+        assert auto.implementation_for(torch.device("cpu")) == "folded"
         strict = build_attention(HeatSpec(implementation="fused"), head_dim=8, num_heads=2)
         q, k, v = qkv(1, 2, 4, 4, 8)
         with pytest.raises(RuntimeError, match="implementation=fused: no fused kernels on cpu"):

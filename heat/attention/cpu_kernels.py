@@ -218,13 +218,15 @@ def folded_heat_cpu(
     """The fused equivalent of `folded.folded_heat` on t = tanh(q / R), tanh(k / R).
 
     q (B, H, n, d), k and v (B, H, m, d), kernel (P, P) symmetric, key_valid (B, m) or None,
-    floor (B, n); all float32 or all float64, on the CPU. Returns (B, H, n, d).
+    floor (B, n), on the CPU; computed in float64 for float64 inputs, else float32 (the caller
+    casts the result back). Returns (B, H, n, d).
     """
     batch, heads, n, d = q.shape
     m = k.shape[2]
     if kernel.shape[0] > max_degree():
         raise ValueError(f"polynomial length {kernel.shape[0]} exceeds the kernels' {max_degree()}")
-    dtype = q.dtype
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     valid = None if key_valid is None else key_valid.to(dtype).contiguous()
     out = _FoldedHeatCPU.apply(
         q.reshape(batch * heads, n, d), k.reshape(batch * heads, m, d),

@@ -7,13 +7,14 @@ import torch
 from torch import Tensor
 
 
-def fused_available(device: torch.device) -> bool:
-    """Whether fused kernels run on `device` here (the first call may build them)."""
+def fused_available(device: torch.device, causal: bool = False) -> bool:
+    """Whether fused kernels run on `device` here (the first call may build them). The Triton
+    kernels are non-causal only: causal HEAT on CUDA runs the eager folded path."""
     if device.type == "cpu":
         from heat.attention import cpu_kernels
 
         return cpu_kernels.available()
-    if device.type == "cuda":
+    if device.type == "cuda" and not causal:
         from heat.attention import triton_kernels
 
         return triton_kernels.available()

@@ -53,16 +53,16 @@ class HeatAttention(AttentionKernel):
 
     def _attend(self, q, k, v, *, key_padding_mask, query_padding_mask, causal) -> Tensor:
         in_dtype, dtype = q.dtype, accumulation_dtype(q.dtype)
-        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         floor = self._normaliser_floor(key_padding_mask, q, k, causal).to(dtype)  # (B, n)
-        implementation = self._implementation(q.device)
-        if implementation == "fused":  # applies the bound R tanh(x / R) itself
+        implementation = self.implementation_for(q.device, causal)
+        if implementation == "fused":  # applies the bound R tanh(x / R) itself, fp32 inside
             valid = None if key_padding_mask is None else ~key_padding_mask  # (B, m)
             out = fused_heat(
                 q, k, v, self.kernel_matrix.to(device=q.device, dtype=dtype),
                 bound=self.spec.bound, key_valid=valid, causal=causal, floor=floor,
             )
             return out.to(in_dtype)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         a = bounded(q, self.spec.bound)  # (B, H, n, d)
         b = bounded(k, self.spec.bound)  # (B, H, m, d)
         if implementation == "folded":
@@ -71,17 +71,18 @@ class HeatAttention(AttentionKernel):
             out = self._materialised(a, b, v, key_padding_mask, causal, floor)
         return out.to(in_dtype)
 
-    def _implementation(self, device: torch.device) -> str:
-        """The path `spec.implementation` means on this device ('auto': fused if available)."""
+    def implementation_for(self, device: torch.device, causal: bool = False) -> str:
+        """The path `spec.implementation` means here ('auto': fused if available)."""
         wanted = self.spec.implementation
         if wanted in ("folded", "features"):
             return wanted
-        if fused_available(device):
+        if fused_available(device, causal):
             return "fused"
         if wanted == "fused":
+            kind = "causal " if causal else ""
             raise RuntimeError(
-                f"heat.implementation=fused: no fused kernels on {device.type} here (see the "
-                f"warning above); use implementation: auto or folded"
+                f"heat.implementation=fused: no fused {kind}kernels on {device.type} here (see "
+                f"the log); use implementation: auto or folded"
             )
         return "folded"
 
