@@ -243,8 +243,6 @@ def _predicted_bytes(case: Case, args, n: int, itemsize: int) -> float:
     rows = args.batch * args.heads
     if case.variant == "hadamard":  # (chunk, m, d) logits, softmax and grads per chunk
         return 4.0 * rows * min(case.spec.chunk_size, n) * n * args.head_dim * itemsize
-    if case.variant == "softmax":  # SDPA's math fallback may hold the n x n scores
-        return 3.0 * rows * n * n * itemsize
     if case.variant == "taylor":
         from heat.attention.taylor import feature_count
 

@@ -44,6 +44,15 @@ class HeatAttention(AttentionKernel):
             spec.basis, spec.bound, spec.sigma, spec.rank, spec.quadrature_nodes
         )  # (P, r)
         self.kernel_matrix = self.coefficients @ self.coefficients.T  # (P, P), rank r
+        self._kernel_copies: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def _kernel_on(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """C C^T on the device, copied once: a host-to-device copy per call would stall the
+        stream on every forward."""
+        key = (device, dtype)
+        if key not in self._kernel_copies:
+            self._kernel_copies[key] = self.kernel_matrix.to(device=device, dtype=dtype)
+        return self._kernel_copies[key]
 
     def features(self, x: Tensor) -> Tensor:
         """phi_s(x) = V(x / R) C per element: (...,) -> (..., r)."""
@@ -58,7 +67,7 @@ class HeatAttention(AttentionKernel):
         if implementation == "fused":  # applies the bound R tanh(x / R) itself, fp32 inside
             valid = None if key_padding_mask is None else ~key_padding_mask  # (B, m)
             out = fused_heat(
-                q, k, v, self.kernel_matrix.to(device=q.device, dtype=dtype),
+                q, k, v, self._kernel_on(q.device, dtype),
                 bound=self.spec.bound, key_valid=valid, causal=causal, floor=floor,
             )
             return out.to(in_dtype)
@@ -91,7 +100,7 @@ class HeatAttention(AttentionKernel):
             ~key_padding_mask[:, None, :, None]).to(a.dtype)  # (B, 1, m, 1)
         bound = self.spec.bound
         return folded_heat(
-            a / bound, b / bound, v, self.kernel_matrix.to(device=a.device, dtype=a.dtype),
+            a / bound, b / bound, v, self._kernel_on(a.device, a.dtype),
             key_valid=valid, causal=causal, chunk_size=self.spec.chunk_size,
             floor=floor[:, None, :, None],  # (B, 1, n, 1)
         )
@@ -118,15 +127,18 @@ class HeatAttention(AttentionKernel):
         below zero, where few keys are visible (early causal positions); clamping to the exact
         bound keeps those rows finite instead of dividing by ~0. Shape (B, n)."""
         batch, n, m = q.shape[0], q.shape[2], k.shape[2]
-        valid = (
-            torch.ones(batch, m, device=q.device) if key_padding_mask is None
-            else (~key_padding_mask).to(torch.float32)
-        )  # (B, m)
+        lowest = math.exp(-self.spec.bound**2)
+        if key_padding_mask is None:  # no mask: one small op, no (B, m) temporaries
+            if not causal:
+                return q.new_full((batch, n), max(m * lowest, NORMALISER_EPS), dtype=torch.float32)
+            visible = torch.arange(m - n + 1, m + 1, device=q.device, dtype=torch.float32)
+            return (visible * lowest).clamp_min(NORMALISER_EPS).expand(batch, n)
+        valid = (~key_padding_mask).to(torch.float32)  # (B, m)
         if causal:
             visible = valid.cumsum(dim=-1)[:, m - n:]  # (B, n): keys <= i + (m - n)
         else:
             visible = valid.sum(dim=-1, keepdim=True).expand(batch, n)  # (B, n)
-        return (visible * math.exp(-self.spec.bound**2)).clamp_min(NORMALISER_EPS)
+        return (visible * lowest).clamp_min(NORMALISER_EPS)
 
     def extra_repr(self) -> str:
         s = self.spec

@@ -154,8 +154,8 @@ if triton is not None:
 
 
 def _mix(kernel: Tensor, moments: Tensor) -> Tensor:
-    """K @ moments[n] for every row: (P, P) x (N, P, D) -> (N, P, D), fp32."""
-    return torch.einsum("pq,nqd->npd", kernel, moments).contiguous()
+    """K @ moments[i, n] for both moments and every row: (P, P) x (2, N, P, D), one launch."""
+    return torch.matmul(kernel, moments)
 
 
 class _FoldedHeatTriton(torch.autograd.Function):
@@ -171,7 +171,7 @@ class _FoldedHeatTriton(torch.autograd.Function):
         _key_moments_kernel[(rows, triton.cdiv(m, BLOCK))](
             k, v, valid_arg, moments[0], moments[1], m, heads, d, 1.0 / bound,
             P=degree, DP=dp, BLOCK_L=BLOCK, HAS_VALID=has_valid)
-        mixed_v, mixed_1 = _mix(kernel, moments[0]), _mix(kernel, moments[1])
+        mixed_v, mixed_1 = _mix(kernel, moments).unbind(0)
         out = torch.empty_like(q)
         _query_forward_kernel[(rows, triton.cdiv(n, BLOCK))](
             q, mixed_v, mixed_1, floor, out, n, heads, d, 1.0 / bound,
@@ -192,7 +192,7 @@ class _FoldedHeatTriton(torch.autograd.Function):
         _query_backward_kernel[(rows, triton.cdiv(n, BLOCK))](
             q, mixed_v, mixed_1, floor, grad, dq, d_mixed[0], d_mixed[1], n, ctx.heads, d,
             1.0 / ctx.bound, P=degree, DP=dp, BLOCK_L=BLOCK)
-        d_moments_v, d_moments_1 = _mix(kernel, d_mixed[0]), _mix(kernel, d_mixed[1])
+        d_moments_v, d_moments_1 = _mix(kernel, d_mixed).unbind(0)
         has_valid = valid is not None
         _key_backward_kernel[(rows, triton.cdiv(m, BLOCK))](
             k, v, valid if has_valid else d_mixed, d_moments_v, d_moments_1, dk, dv, m,
