@@ -178,8 +178,13 @@ class TaylorSpec:
     """Odd orders can make a normaliser zero or negative; they need this opt-in."""
     chunk_size: int = 128
     """Positions per chunk of the causal prefix sums."""
+    implementation: str = "auto"
+    """'auto': non-causal attention of order <= 2 runs chunked with a hand-written backward and
+    no (n, features) tensor (`taylor_fast`), the rest as 'features': the symmetric feature map
+    materialised, plain linear attention (the reference)."""
 
     def __post_init__(self) -> None:
+        _check_choice(self.name, "implementation", self.implementation, ("auto", "features"))
         _check_bool(self.name, "allow_odd", self.allow_odd)
         _check_int(self.name, "order", self.order, 1, self.MAX_ORDER)
         _check_int(self.name, "feature_dim", self.feature_dim, 0, 1024)
