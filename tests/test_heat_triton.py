@@ -18,28 +18,38 @@ pytest.importorskip("triton")
 
 CHECK = textwrap.dedent("""
     import json, torch
-    from heat.attention.triton_kernels import folded_heat_triton
+    from heat.attention.triton_kernels import folded_heat_triton, padded_kernel
     from heat.attention.cpu_kernels import folded_heat_cpu
     from heat.attention.exp_basis import polynomial_coefficients
+
+    def triton_path(q, k, v, kernel, **kw):
+        return folded_heat_triton(q, k, v, padded_kernel(kernel.float()),
+                                  degree=kernel.shape[0], **kw)
 
     def run(device, dtype, fn, basis, rank, pad, d):
         torch.manual_seed(0)
         C = polynomial_coefficients(basis, 3.0, 1.0, rank, 24)
-        B, H, n, m = 2, 3, 70, 45
+        B, H, n, m = 2, 3, 150, 130  # several tiles per row: split reductions
         q, k, v = (1.5 * torch.randn(B, H, L, d, dtype=torch.float64) for L in (n, m, m))
         valid = torch.ones(B, m, dtype=torch.bool)
         if pad:
             valid[1, -9:] = False
-        floor = torch.rand(B, n, dtype=torch.float64) * 0.01 + 1e-3
+        floor = torch.rand(B, n, dtype=torch.float64) * 0.01 + 1e-3 if pad else 0.05
         leaves = [x.to(device=device, dtype=dtype).requires_grad_() for x in (q, k, v)]
-        out = fn(*leaves, (C @ C.T).to(device), bound=3.0, key_valid=valid.to(device),
-                 causal=False, floor=floor.to(device))
+        out = fn(*leaves, (C @ C.T).to(device), bound=3.0,
+                 key_valid=valid.to(device) if pad else None, causal=False,
+                 floor=floor.to(device) if pad else floor)
         out.backward(torch.linspace(-1, 1, out.numel(), device=device).view_as(out).to(dtype))
         return [x.detach().double().cpu() for x in (out, *(leaf.grad for leaf in leaves))]
 
     def errors(device, dtype, basis, rank, pad, d):
-        fast = run(device, dtype, folded_heat_triton, basis, rank, pad, d)
-        ref = run("cpu", torch.float64, folded_heat_cpu, basis, rank, pad, d)
+        def cpu_path(q, k, v, kernel, floor, **kw):
+            if not torch.is_tensor(floor):
+                floor = torch.full((q.shape[0], q.shape[2]), floor, dtype=torch.float64)
+            return folded_heat_cpu(q, k, v, kernel, floor=floor, **kw)
+
+        fast = run(device, dtype, triton_path, basis, rank, pad, d)
+        ref = run("cpu", torch.float64, cpu_path, basis, rank, pad, d)
         return [float((a - b).norm() / b.norm()) for a, b in zip(fast, ref)]
 """)
 

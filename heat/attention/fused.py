@@ -21,19 +21,31 @@ def fused_available(device: torch.device, causal: bool = False) -> bool:
     return False
 
 
+def kernel_layout(kernel: Tensor) -> Tensor:
+    """C C^T (P, P) as the device's kernels take it (callers cache the result per device)."""
+    if kernel.device.type == "cuda":
+        from heat.attention.triton_kernels import padded_kernel
+
+        return padded_kernel(kernel)
+    return kernel
+
+
 def fused_heat(
-    q: Tensor, k: Tensor, v: Tensor, kernel: Tensor, *, bound: float, key_valid: Tensor | None,
-    causal: bool, floor: Tensor,
+    q: Tensor, k: Tensor, v: Tensor, kernel: Tensor, *, degree: int, bound: float,
+    key_valid: Tensor | None, causal: bool, floor: Tensor | float,
 ) -> Tensor:
     """Folded HEAT on t = tanh(q / R), tanh(k / R) (the bound is applied inside, its gradient
-    too): queries (B, H, n, d), keys and values (B, H, m, d); kernel = C C^T (P, P); key_valid
-    (B, m) bool or None; floor (B, n) the normaliser floor. -> (B, H, n, d)."""
+    too): queries (B, H, n, d), keys and values (B, H, m, d); kernel = `kernel_layout(C C^T)`
+    with P = degree; key_valid (B, m) bool or None; floor the normaliser floor, (B, n) or one
+    number for every query. -> (B, H, n, d)."""
     if q.device.type == "cuda":
         from heat.attention.triton_kernels import folded_heat_triton
 
-        return folded_heat_triton(q, k, v, kernel, bound=bound, key_valid=key_valid,
-                                  causal=causal, floor=floor)
+        return folded_heat_triton(q, k, v, kernel, degree=degree, bound=bound,
+                                  key_valid=key_valid, causal=causal, floor=floor)
     from heat.attention.cpu_kernels import folded_heat_cpu
 
+    if not isinstance(floor, Tensor):
+        floor = torch.full((q.shape[0], q.shape[2]), floor, dtype=torch.float32)
     return folded_heat_cpu(q, k, v, kernel, bound=bound, key_valid=key_valid, causal=causal,
                            floor=floor)

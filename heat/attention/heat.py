@@ -22,7 +22,7 @@ from torch import Tensor
 from heat.attention.base import AttentionKernel, Capabilities
 from heat.attention.exp_basis import polynomial_coefficients
 from heat.attention.folded import folded_heat
-from heat.attention.fused import fused_available, fused_heat
+from heat.attention.fused import fused_available, fused_heat, kernel_layout
 from heat.attention.hadamard import bounded
 from heat.attention.linear import NORMALISER_EPS, accumulation_dtype, linear_attention
 from heat.attention.registry import register
@@ -44,14 +44,15 @@ class HeatAttention(AttentionKernel):
             spec.basis, spec.bound, spec.sigma, spec.rank, spec.quadrature_nodes
         )  # (P, r)
         self.kernel_matrix = self.coefficients @ self.coefficients.T  # (P, P), rank r
-        self._kernel_copies: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._kernel_copies: dict[tuple[torch.device, torch.dtype, bool], Tensor] = {}
 
-    def _kernel_on(self, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """C C^T on the device, copied once: a host-to-device copy per call would stall the
-        stream on every forward."""
-        key = (device, dtype)
+    def _kernel_on(self, device: torch.device, dtype: torch.dtype, fused: bool = False) -> Tensor:
+        """C C^T on the device (in the fused kernels' layout if `fused`), copied once: a
+        host-to-device copy per call would stall the stream on every forward."""
+        key = (device, dtype, fused)
         if key not in self._kernel_copies:
-            self._kernel_copies[key] = self.kernel_matrix.to(device=device, dtype=dtype)
+            kernel = self.kernel_matrix.to(device=device, dtype=dtype)
+            self._kernel_copies[key] = kernel_layout(kernel) if fused else kernel
         return self._kernel_copies[key]
 
     def features(self, x: Tensor) -> Tensor:
@@ -62,16 +63,19 @@ class HeatAttention(AttentionKernel):
 
     def _attend(self, q, k, v, *, key_padding_mask, query_padding_mask, causal) -> Tensor:
         in_dtype, dtype = q.dtype, accumulation_dtype(q.dtype)
-        floor = self._normaliser_floor(key_padding_mask, q, k, causal).to(dtype)  # (B, n)
+        floor = self._normaliser_floor(key_padding_mask, q, k, causal)  # (B, n) or a number
         implementation = self.implementation_for(q.device, causal)
         if implementation == "fused":  # applies the bound R tanh(x / R) itself, fp32 inside
             valid = None if key_padding_mask is None else ~key_padding_mask  # (B, m)
             out = fused_heat(
-                q, k, v, self._kernel_on(q.device, dtype),
-                bound=self.spec.bound, key_valid=valid, causal=causal, floor=floor,
+                q, k, v, self._kernel_on(q.device, dtype, fused=True),
+                degree=self.kernel_matrix.shape[0], bound=self.spec.bound, key_valid=valid,
+                causal=causal, floor=floor,
             )
             return out.to(in_dtype)
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        floor = (floor.to(dtype) if isinstance(floor, Tensor)
+                 else q.new_full((q.shape[0], q.shape[2]), floor))
         a = bounded(q, self.spec.bound)  # (B, H, n, d)
         b = bounded(k, self.spec.bound)  # (B, H, m, d)
         if implementation == "folded":
@@ -121,16 +125,19 @@ class HeatAttention(AttentionKernel):
         )  # (B, H, d, n, 1)
         return out[..., 0].transpose(2, 3)  # (B, H, n, d)
 
-    def _normaliser_floor(self, key_padding_mask, q: Tensor, k: Tensor, causal: bool) -> Tensor:
+    def _normaliser_floor(
+        self, key_padding_mask, q: Tensor, k: Tensor, causal: bool
+    ) -> Tensor | float:
         """exp(ab) >= exp(-R^2) on [-R, R]^2, so the exact normaliser of a query is at least
         exp(-R^2) times its number of visible keys. A low-rank kernel can dip below that, even
         below zero, where few keys are visible (early causal positions); clamping to the exact
-        bound keeps those rows finite instead of dividing by ~0. Shape (B, n)."""
+        bound keeps those rows finite instead of dividing by ~0. Shape (B, n), or one number when
+        every query sees the same keys (non-causal, no padding)."""
         batch, n, m = q.shape[0], q.shape[2], k.shape[2]
         lowest = math.exp(-self.spec.bound**2)
-        if key_padding_mask is None:  # no mask: one small op, no (B, m) temporaries
+        if key_padding_mask is None:  # no mask: no (B, m) temporaries
             if not causal:
-                return q.new_full((batch, n), max(m * lowest, NORMALISER_EPS), dtype=torch.float32)
+                return max(m * lowest, NORMALISER_EPS)  # one number for every query
             visible = torch.arange(m - n + 1, m + 1, device=q.device, dtype=torch.float32)
             return (visible * lowest).clamp_min(NORMALISER_EPS).expand(batch, n)
         valid = (~key_padding_mask).to(torch.float32)  # (B, m)
