@@ -7,17 +7,17 @@ forward   1. keys     (grid rows x SPLIT): each program walks every SPLIT-th til
                       M_p = sum_j valid_j t_j^p v_j and Z_p = sum_j valid_j t_j^p in registers,
                       then stores its (P, D) partial sums once (no atomics: a first version
                       with one atomic add per tile spent most of its time contending);
-          2. queries  (grid rows x tiles): sums the partials, mixes them with K = C C^T by a
-                      small fp32 matrix product, out_i = Horner(K M, t_i) / max(Horner(K Z, t_i),
-                      floor);
+          (torch)     sum of the partials and K = C C^T times it: (rows, 2, P, D), tiny;
+          2. queries  (grid rows x tiles): out_i = Horner(K M, t_i) / max(Horner(K Z, t_i), floor);
 backward  3. queries  (grid rows x SPLIT): dq per tile, and partial sums of
                       dA_p = sum_i t_i^p g_num_i, dB_p likewise;
-          4. keys     (grid rows x tiles): dM = K dA, dZ = K dB (K is symmetric); dv_j =
-                      valid_j Horner(dM, t_j), dk_j from the derivatives of both.
+          (torch)     dM = K dA, dZ = K dB (K is symmetric);
+          4. keys     (grid rows x tiles): dv_j = valid_j Horner(dM, t_j), dk_j from the
+                      derivatives of both.
 
 t = tanh(x / R) is computed inside (as 2 sigmoid(2x / R) - 1) and its gradient (1 - t^2) / R
 applied inside, so q and k are read in their own dtype (bf16 on GPU) and nothing of size (n, d)
-is written besides the outputs and gradients. All arithmetic is fp32. Four launches per forward
+is written besides the outputs and gradients. All arithmetic is fp32. Eight launches per forward
 and backward keep the per-call CPU cost low, which is what bounds short sequences. Causal
 attention on CUDA uses the eager folded path (`heat.attention.fused` routes it).
 
@@ -78,9 +78,12 @@ if triton is not None:
 
     @triton.jit
     def _floor(floor_ptr, floor_value, n, H, L, rows, row_ok, HAS_FLOOR: tl.constexpr):
+        """(BLOCK_L, 1): per query from floor_ptr, or floor_value for every query."""
         if HAS_FLOOR:
-            return tl.load(floor_ptr + (n // H) * L + rows, mask=row_ok, other=1.0)[:, None]
-        return floor_value
+            floor = tl.load(floor_ptr + (n // H) * L + rows, mask=row_ok, other=1.0)
+        else:
+            floor = tl.zeros(rows.shape, dtype=tl.float32) + floor_value
+        return floor[:, None]
 
     @triton.jit
     def _accumulate(acc, weights, t, P: tl.constexpr, PP: tl.constexpr):
@@ -99,26 +102,18 @@ if triton is not None:
         tl.store(partial_ptr + ((n * SPLITS + split) * 2 + which) * PP * DP + offsets, acc)
 
     @triton.jit
-    def _mixed(partial_ptr, kernel_ptr, n, which, SPLITS, PP: tl.constexpr, DP: tl.constexpr):
-        """K @ (sum of the row's partials): (PP, DP) fp32; K is zero-padded to (PP, PP)."""
-        offsets = tl.arange(0, PP)[:, None] * DP + tl.arange(0, DP)[None, :]
-        total = tl.zeros((PP, DP), dtype=tl.float32)
-        for split in range(SPLITS):
-            total += tl.load(partial_ptr + ((n * SPLITS + split) * 2 + which) * PP * DP + offsets)
-        square = tl.arange(0, PP)[:, None] * PP + tl.arange(0, PP)[None, :]
-        return tl.dot(tl.load(kernel_ptr + square), total, input_precision="ieee")
-
-    @triton.jit
-    def _horner(coefficients, t, P: tl.constexpr, PP: tl.constexpr, WITH_DERIVATIVE: tl.constexpr):
-        """sum_p coefficients[p, :] t^p (and its t-derivative) for a (BLOCK_L, DP) tile t."""
-        powers = tl.arange(0, PP)[:, None]
-        value = tl.sum(tl.where(powers == P - 1, coefficients, 0.0), axis=0)[None, :] + 0.0 * t
+    def _horner(mixed_ptr, n, which, t, P: tl.constexpr, PP: tl.constexpr, DP: tl.constexpr,
+                WITH_DERIVATIVE: tl.constexpr):
+        """sum_p c[p, :] t^p (and its t-derivative) for a (BLOCK_L, DP) tile t, with c the
+        row's mixed moments mixed[n, which] (PP, DP); each coefficient row is one cached load."""
+        base = mixed_ptr + (n * 2 + which) * PP * DP + tl.arange(0, DP)
+        value = tl.load(base + (P - 1) * DP)[None, :] + 0.0 * t
         derivative = 0.0 * t
         for i in tl.static_range(P - 1):
-            row = tl.sum(tl.where(powers == P - 2 - i, coefficients, 0.0), axis=0)
+            coefficient = tl.load(base + (P - 2 - i) * DP)
             if WITH_DERIVATIVE:
                 derivative = derivative * t + value
-            value = value * t + row[None, :]
+            value = value * t + coefficient[None, :]
         return value, derivative
 
     @triton.jit
@@ -140,29 +135,24 @@ if triton is not None:
         _store_partial(partial_ptr, acc_1, n, split, 1, SPLITS, PP, DP)
 
     @triton.jit
-    def _query_forward_kernel(q_ptr, partial_ptr, kernel_ptr, floor_ptr, floor_value, out_ptr,
-                              L, H, D, SPLITS, inv_bound, P: tl.constexpr, PP: tl.constexpr,
-                              DP: tl.constexpr, BLOCK_L: tl.constexpr, HAS_FLOOR: tl.constexpr):
+    def _query_forward_kernel(q_ptr, mixed_ptr, floor_ptr, floor_value, out_ptr, L, H, D,
+                              inv_bound, P: tl.constexpr, PP: tl.constexpr, DP: tl.constexpr,
+                              BLOCK_L: tl.constexpr, HAS_FLOOR: tl.constexpr):
         n = tl.program_id(0)
         rows, row_ok, mask, offsets = _tile(n, tl.program_id(1), L, D, DP, BLOCK_L)
         t = _tanh_bound(tl.load(q_ptr + offsets, mask=mask, other=0.0).to(tl.float32), inv_bound)
-        numerator, _ = _horner(_mixed(partial_ptr, kernel_ptr, n, 0, SPLITS, PP, DP), t, P, PP,
-                               False)
-        normaliser, _ = _horner(_mixed(partial_ptr, kernel_ptr, n, 1, SPLITS, PP, DP), t, P, PP,
-                                False)
+        numerator, _ = _horner(mixed_ptr, n, 0, t, P, PP, DP, False)
+        normaliser, _ = _horner(mixed_ptr, n, 1, t, P, PP, DP, False)
         floor = _floor(floor_ptr, floor_value, n, H, L, rows, row_ok, HAS_FLOOR)
         out = numerator / tl.maximum(normaliser, floor)
         tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _query_backward_kernel(q_ptr, partial_ptr, kernel_ptr, floor_ptr, floor_value, grad_ptr,
-                               dq_ptr, grad_partial_ptr, L, H, D, MOMENT_SPLITS, SPLITS,
-                               inv_bound, P: tl.constexpr, PP: tl.constexpr, DP: tl.constexpr,
-                               BLOCK_L: tl.constexpr, HAS_FLOOR: tl.constexpr):
-        """MOMENT_SPLITS: how many partials the key kernel wrote; SPLITS: this kernel's own."""
+    def _query_backward_kernel(q_ptr, mixed_ptr, floor_ptr, floor_value, grad_ptr, dq_ptr,
+                               grad_partial_ptr, L, H, D, SPLITS, inv_bound, P: tl.constexpr,
+                               PP: tl.constexpr, DP: tl.constexpr, BLOCK_L: tl.constexpr,
+                               HAS_FLOOR: tl.constexpr):
         n, split = tl.program_id(0), tl.program_id(1)
-        mixed_v = _mixed(partial_ptr, kernel_ptr, n, 0, MOMENT_SPLITS, PP, DP)
-        mixed_1 = _mixed(partial_ptr, kernel_ptr, n, 1, MOMENT_SPLITS, PP, DP)
         acc_num = tl.zeros((PP, DP), dtype=tl.float32)
         acc_den = tl.zeros((PP, DP), dtype=tl.float32)
         for tile in range(split, tl.cdiv(L, BLOCK_L), SPLITS):
@@ -170,8 +160,8 @@ if triton is not None:
             x = tl.load(q_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             t = _tanh_bound(x, inv_bound)
             grad = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-            numerator, d_numerator = _horner(mixed_v, t, P, PP, True)
-            normaliser, d_normaliser = _horner(mixed_1, t, P, PP, True)
+            numerator, d_numerator = _horner(mixed_ptr, n, 0, t, P, PP, DP, True)
+            normaliser, d_normaliser = _horner(mixed_ptr, n, 1, t, P, PP, DP, True)
             floor = _floor(floor_ptr, floor_value, n, H, L, rows, row_ok, HAS_FLOOR)
             floored = normaliser <= floor
             denominator = tl.where(floored, floor, normaliser)
@@ -185,23 +175,26 @@ if triton is not None:
         _store_partial(grad_partial_ptr, acc_den, n, split, 1, SPLITS, PP, DP)
 
     @triton.jit
-    def _key_backward_kernel(k_ptr, v_ptr, valid_ptr, grad_partial_ptr, kernel_ptr, dk_ptr,
-                             dv_ptr, L, H, D, SPLITS, inv_bound, P: tl.constexpr,
-                             PP: tl.constexpr, DP: tl.constexpr, BLOCK_L: tl.constexpr,
-                             HAS_VALID: tl.constexpr):
+    def _key_backward_kernel(k_ptr, v_ptr, valid_ptr, grad_mixed_ptr, dk_ptr, dv_ptr, L, H, D,
+                             inv_bound, P: tl.constexpr, PP: tl.constexpr, DP: tl.constexpr,
+                             BLOCK_L: tl.constexpr, HAS_VALID: tl.constexpr):
         n = tl.program_id(0)
         rows, row_ok, mask, offsets = _tile(n, tl.program_id(1), L, D, DP, BLOCK_L)
         t = _tanh_bound(tl.load(k_ptr + offsets, mask=mask, other=0.0).to(tl.float32), inv_bound)
         v = tl.load(v_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         keep = _key_weight(valid_ptr, n, H, L, rows, row_ok, HAS_VALID)[:, None]
-        value, derivative = _horner(_mixed(grad_partial_ptr, kernel_ptr, n, 0, SPLITS, PP, DP),
-                                    t, P, PP, True)
-        _, z_derivative = _horner(_mixed(grad_partial_ptr, kernel_ptr, n, 1, SPLITS, PP, DP),
-                                  t, P, PP, True)
+        value, derivative = _horner(grad_mixed_ptr, n, 0, t, P, PP, DP, True)
+        _, z_derivative = _horner(grad_mixed_ptr, n, 1, t, P, PP, DP, True)
         dv = keep * value
         dk = keep * (v * derivative + z_derivative) * (1.0 - t * t) * inv_bound
         tl.store(dv_ptr + offsets, dv.to(dv_ptr.dtype.element_ty), mask=mask)
         tl.store(dk_ptr + offsets, dk.to(dk_ptr.dtype.element_ty), mask=mask)
+
+
+def _mix(kernel: Tensor, partials: Tensor) -> Tensor:
+    """K @ (sum of the partials) for both moments of every row: (rows, 2, PP, DP), contiguous.
+    Done once here rather than in every query program, which would each re-read all partials."""
+    return torch.matmul(kernel, partials.sum(dim=1)).contiguous()
 
 
 def _splits(rows: int, length: int) -> int:
@@ -222,19 +215,20 @@ class _FoldedHeatTriton(torch.autograd.Function):
         _key_moments_kernel[(rows, splits)](
             k, v, valid if has_valid else partials, partials, m, heads, d, splits, 1.0 / bound,
             P=degree, PP=padded, DP=dp, BLOCK_L=BLOCK, HAS_VALID=has_valid)
+        mixed = _mix(kernel, partials)
         out = torch.empty_like(q)
         _query_forward_kernel[(rows, triton.cdiv(n, BLOCK))](
-            q, partials, kernel, floor if has_floor else partials,
-            0.0 if has_floor else float(floor), out, n, heads, d, splits, 1.0 / bound,
-            P=degree, PP=padded, DP=dp, BLOCK_L=BLOCK, HAS_FLOOR=has_floor)
-        ctx.save_for_backward(q, k, v, valid, floor if has_floor else None, kernel, partials)
-        ctx.heads, ctx.bound, ctx.splits, ctx.degree = heads, bound, splits, degree
+            q, mixed, floor if has_floor else mixed, 0.0 if has_floor else float(floor), out, n,
+            heads, d, 1.0 / bound, P=degree, PP=padded, DP=dp, BLOCK_L=BLOCK,
+            HAS_FLOOR=has_floor)
+        ctx.save_for_backward(q, k, v, valid, floor if has_floor else None, kernel, mixed)
+        ctx.heads, ctx.bound, ctx.degree = heads, bound, degree
         ctx.floor_value = None if has_floor else float(floor)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        q, k, v, valid, floor, kernel, partials = ctx.saved_tensors
+        q, k, v, valid, floor, kernel, mixed = ctx.saved_tensors
         grad = grad.contiguous()
         rows, n, d = q.shape
         m, degree, padded = k.shape[1], ctx.degree, kernel.shape[0]
@@ -245,14 +239,13 @@ class _FoldedHeatTriton(torch.autograd.Function):
         grad_partials = torch.empty(rows, splits, 2, padded, dp, device=q.device,
                                     dtype=torch.float32)
         _query_backward_kernel[(rows, splits)](
-            q, partials, kernel, floor if has_floor else partials,
-            0.0 if has_floor else ctx.floor_value, grad, dq, grad_partials, n, ctx.heads, d,
-            ctx.splits, splits, 1.0 / ctx.bound, P=degree, PP=padded, DP=dp, BLOCK_L=BLOCK,
-            HAS_FLOOR=has_floor)
+            q, mixed, floor if has_floor else mixed, 0.0 if has_floor else ctx.floor_value, grad,
+            dq, grad_partials, n, ctx.heads, d, splits, 1.0 / ctx.bound, P=degree, PP=padded,
+            DP=dp, BLOCK_L=BLOCK, HAS_FLOOR=has_floor)
+        grad_mixed = _mix(kernel, grad_partials)  # K is symmetric: dM = K dA
         _key_backward_kernel[(rows, triton.cdiv(m, BLOCK))](
-            k, v, valid if has_valid else partials, grad_partials, kernel, dk, dv, m, ctx.heads,
-            d, splits, 1.0 / ctx.bound, P=degree, PP=padded, DP=dp, BLOCK_L=BLOCK,
-            HAS_VALID=has_valid)
+            k, v, valid if has_valid else grad_mixed, grad_mixed, dk, dv, m, ctx.heads, d,
+            1.0 / ctx.bound, P=degree, PP=padded, DP=dp, BLOCK_L=BLOCK, HAS_VALID=has_valid)
         return dq, dk, dv, None, None, None, None, None, None
 
 
