@@ -42,6 +42,11 @@ except ImportError:  # CPU-only installs: `available()` says False and nothing b
     triton = None
 
 BLOCK = 64
+"""Positions per tile of the two elementwise kernels."""
+REDUCE_BLOCK, REDUCE_WARPS = 64, 4
+"""Tile and warps of the two reducing kernels. Measured on an H100 (b=1, h=8, d=64, n=16384,
+bf16): 64/4 took 144 + 200 us for the two kernels; 128/8 151 + 210; 128/4 and 256/8 were
+slower still. These two kernels dominate the GPU time (see the README's benchmarks)."""
 TARGET_PROGRAMS = 264
 """Programs the two reducing kernels aim for: two per SM of an H100 (132 SMs)."""
 
@@ -199,7 +204,7 @@ def _mix(kernel: Tensor, partials: Tensor) -> Tensor:
 
 def _splits(rows: int, length: int) -> int:
     """Programs per row for the reducing kernels: enough to fill the GPU, at most one per tile."""
-    return max(1, min(triton.cdiv(TARGET_PROGRAMS, rows), triton.cdiv(length, BLOCK)))
+    return max(1, min(triton.cdiv(TARGET_PROGRAMS, rows), triton.cdiv(length, REDUCE_BLOCK)))
 
 
 class _FoldedHeatTriton(torch.autograd.Function):
@@ -214,7 +219,8 @@ class _FoldedHeatTriton(torch.autograd.Function):
         partials = torch.empty(rows, splits, 2, padded, dp, device=q.device, dtype=torch.float32)
         _key_moments_kernel[(rows, splits)](
             k, v, valid if has_valid else partials, partials, m, heads, d, splits, 1.0 / bound,
-            P=degree, PP=padded, DP=dp, BLOCK_L=BLOCK, HAS_VALID=has_valid)
+            P=degree, PP=padded, DP=dp, BLOCK_L=REDUCE_BLOCK, HAS_VALID=has_valid,
+            num_warps=REDUCE_WARPS)
         mixed = _mix(kernel, partials)
         out = torch.empty_like(q)
         _query_forward_kernel[(rows, triton.cdiv(n, BLOCK))](
@@ -241,7 +247,7 @@ class _FoldedHeatTriton(torch.autograd.Function):
         _query_backward_kernel[(rows, splits)](
             q, mixed, floor if has_floor else mixed, 0.0 if has_floor else ctx.floor_value, grad,
             dq, grad_partials, n, ctx.heads, d, splits, 1.0 / ctx.bound, P=degree, PP=padded,
-            DP=dp, BLOCK_L=BLOCK, HAS_FLOOR=has_floor)
+            DP=dp, BLOCK_L=REDUCE_BLOCK, HAS_FLOOR=has_floor, num_warps=REDUCE_WARPS)
         grad_mixed = _mix(kernel, grad_partials)  # K is symmetric: dM = K dA
         _key_backward_kernel[(rows, triton.cdiv(m, BLOCK))](
             k, v, valid if has_valid else grad_mixed, grad_mixed, dk, dv, m, ctx.heads, d,
