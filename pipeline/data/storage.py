@@ -1,0 +1,81 @@
+"""Stage outputs by URI: a local path or any pyarrow filesystem URI (file://, s3://, gs://, ...).
+
+Stages read and write through `pyarrow.fs` rather than `open()`, so the same code works when the
+storage is a bucket or a shared mount that the Ray workers see and the driver's disk is not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pyarrow.fs as pafs
+
+
+def resolve(uri: str) -> str:
+    """A URI with a scheme is kept; a local path is made absolute (pyarrow and Ray need that)."""
+    if "://" in uri:
+        return uri
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def join(base: str, *names: str) -> str:
+    """`base/name/...`, for local paths and URIs alike."""
+    return "/".join([resolve(base).rstrip("/"), *names])
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem serving `uri` and the path inside it."""
+    return pafs.FileSystem.from_uri(resolve(uri))
+
+
+def info(uri: str) -> pafs.FileInfo:
+    """Whether `uri` is a file, a directory or missing (`.type`)."""
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path)
+
+
+def exists(uri: str) -> bool:
+    return info(uri).type != pafs.FileType.NotFound
+
+
+def list_files(uri: str) -> list[str]:
+    """The files under a directory URI (recursively, sorted), or `[uri]` for a file."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        return [resolve(uri)]
+    selector = pafs.FileSelector(path, recursive=True)
+    files = sorted(i.path for i in fs.get_file_info(selector) if i.type == pafs.FileType.File)
+    prefix = resolve(uri)[: len(resolve(uri)) - len(path)] if "://" in uri else ""
+    return [prefix + f for f in files]
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = filesystem(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(data)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.readall()
+
+
+def read_head(uri: str, limit: int) -> tuple[bytes, bool]:
+    """The first `limit` bytes of a file, decompressed by its extension (.gz, .bz2, .zst, ...),
+    and whether the file is longer than that."""
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path, compression="detect") as stream:
+        head = stream.read(limit + 1)
+    return head[:limit], len(head) > limit
+
+
+def write_json(uri: str, value: Any) -> None:
+    write_bytes(uri, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))

@@ -1,0 +1,1 @@
+"""Pipeline stages: prepare, tokenize, train, evaluate (DESIGN.md section 5)."""
