@@ -1,0 +1,67 @@
+"""`heat-pipeline bench attention` at small sizes: valid JSON with every variant, a plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+
+from pipeline import bench
+
+VARIANTS = {"softmax", "linformer", "nystrom", "hadamard", "heat", "taylor"}
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bench.configure(parser)
+    return parser.parse_args(list(argv))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_bench_writes_a_record_per_variant_and_length(tmp_path, causal):
+    out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
+    args = parse("--lengths", "32,64", "--heads", "2", "--head-dim", "16", "--repeats", "2",
+                 "--heat-bases", "svd,taylor", "--taylor-feature-dims", "0,4",
+                 "--linformer-ranks", "16", "--nystrom-landmarks", "8",
+                 "--out", str(out), "--plot", str(plot), *(["--causal"] if causal else []))
+    assert bench.main(args) == 0
+    records = json.loads(out.read_text())
+    assert plot.stat().st_size > 10_000
+    assert {r["variant"] for r in records} == VARIANTS
+    labels = {r["label"] for r in records}
+    assert len(records) == 2 * len(labels) == 2 * 8  # 4 + heat 2 bases + taylor 2 dims, 2 n
+    required = {"variant", "params", "n", "causal", "device", "dtype", "fwd_ms", "fwd_bwd_ms",
+                "peak_mem_mb", "rel_error"}
+    for r in records:
+        assert required <= set(r)
+        assert r["causal"] is causal and r["device"] == "cpu" and r["dtype"] == "float32"
+        runs = not (causal and r["variant"] in ("linformer", "nystrom"))
+        if not runs:
+            assert r["fwd_ms"] is None and "cannot be causal" in r["skipped"]
+            continue
+        assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["peak_mem_mb"] >= 0
+        if r["variant"] in bench.EXACT_COUNTERPART:  # causal heat with the Taylor basis at
+            assert 0 <= r["rel_error"] < math.inf   # rank 8 is far off at tiny n (README)
+        if r["variant"] == "heat":
+            assert r["fit"]["degree"] == r["params"]["rank"] + (4 if r["params"]["basis"] == "svd" else 0)
+            assert r["implementation"] == "fused"
+    heat_svd = [r for r in records if r["label"] == "heat svd r8"]
+    assert all(r["rel_error"] < 1e-2 for r in heat_svd)
+    table = bench.format_table(records)
+    assert "softmax (SDPA)" in table and "| 64 |" in table
+
+
+def test_hopeless_sizes_are_skipped_with_a_reason(tmp_path):
+    args = parse("--lengths", "64", "--variants", "softmax,hadamard", "--repeats", "1",
+                 "--memory-budget-gb", "0.0001")
+    records = bench.run(args)
+    hadamard = next(r for r in records if r["variant"] == "hadamard")
+    assert hadamard["fwd_ms"] is None
+    assert "exceeds --memory-budget-gb" in hadamard["skipped"]
+
+
+def test_unknown_variant_is_rejected():
+    with pytest.raises(SystemExit, match="unknown variant 'flash'"):
+        bench.build_cases(parse("--variants", "softmax,flash"))
