@@ -95,13 +95,16 @@ class SinusoidalPositionalEncoding(nn.Module):
         # Not persistent: it is a function of the config, so checkpoints need not carry it.
         self.register_buffer("table", table.float(), persistent=False)
 
-    def forward(self, length: int, offset: int = 0) -> Tensor:
-        """Encodings of positions offset .. offset + length - 1, shape (length, D)."""
+    def forward(self, length: int, offset: int = 0, dtype: torch.dtype | None = None) -> Tensor:
+        """Encodings of positions offset .. offset + length - 1, shape (length, D), in `dtype`
+        (the embeddings' dtype: an fp32 table would promote bf16 activations under DeepSpeed,
+        which casts parameters but not buffers)."""
         if offset + length > self.max_length:
             raise ValueError(
                 f"sequence positions up to {offset + length} exceed max_length={self.max_length}"
             )
-        return self.table[offset : offset + length]
+        rows = self.table[offset : offset + length]
+        return rows if dtype is None else rows.to(dtype)
 
 
 class MultiHeadAttention(nn.Module):

@@ -308,7 +308,7 @@ class Seq2SeqTransformer(nn.Module):
     def embed(self, tokens: Tensor, offset: int = 0) -> Tensor:
         """tokens: (B, L) -> (B, L, D) scaled embeddings plus positions offset .. offset + L - 1."""
         x = self.embedding(tokens) * math.sqrt(self.config.d_model)  # (B, L, D)
-        x = x + self.positions(tokens.shape[1], offset)  # (L, D) broadcast over B
+        x = x + self.positions(tokens.shape[1], offset, x.dtype)  # (L, D) broadcast over B
         return self.embedding_dropout(x)
 
     def padding_mask(self, tokens: Tensor) -> Tensor:
@@ -405,7 +405,7 @@ class EncoderClassifier(nn.Module):
             segment_ids = torch.zeros_like(input_ids)
         x = self.token_embedding(input_ids) * math.sqrt(self.config.d_model)  # (B, L, D)
         x = x + self.segment_embedding(segment_ids)  # (B, L, D)
-        x = x + self.positions(input_ids.shape[1])  # (L, D) broadcast over B
+        x = x + self.positions(input_ids.shape[1], dtype=x.dtype)  # (L, D) broadcast over B
         return self.embedding_dropout(x)
 
     def _pool(self, h: Tensor, padding_mask: Tensor) -> Tensor:

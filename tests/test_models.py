@@ -414,3 +414,15 @@ def test_classifier_loss_reaches_every_parameter() -> None:
     assert loss.dim() == 0
     loss.backward()
     assert_every_parameter_has_gradient(model)
+
+
+def test_bf16_parameters_with_fp32_buffers_stay_bf16():
+    """DeepSpeed casts parameters, not buffers: the fp32 position table must not promote."""
+    model = Seq2SeqTransformer(Seq2SeqConfig(
+        vocab_size=50, d_model=16, num_heads=2, num_encoder_layers=1, num_decoder_layers=1,
+        ffn_dim=32))
+    for parameter in model.parameters():
+        parameter.data = parameter.data.bfloat16()
+    assert model.positions.table.dtype == torch.float32
+    src = torch.randint(4, 50, (2, 7))
+    assert model(src, src).dtype == torch.bfloat16
