@@ -1,0 +1,117 @@
+"""The one place that calls `deepspeed.initialize`: config dict, optimizer, LR schedule.
+
+The optimizer is a plain `torch.optim.AdamW` and the schedule a `LambdaLR`, handed to DeepSpeed
+as client objects: DeepSpeed's fused Adam needs nvcc, and its CPU Adam a compiled extension,
+while ZeRO 1-2 partition any torch optimizer's state. DeepSpeed steps the scheduler at each
+optimizer step (every `grad_accum_steps` micro-batches) and saves both in its checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+
+    from pipeline.stages.train import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+# DeepSpeed wants a micro-batch size for its own data loader and throughput prints; batches here
+# are token-budget batches of varying size built by pipeline.batching, so it is nominal.
+_NOMINAL_MICRO_BATCH = 1
+
+
+@dataclass(frozen=True)
+class WarmupDecay:
+    """LR multiplier at optimizer step `step`: linear warmup to 1, then the chosen decay.
+
+    A callable object rather than a closure: `LambdaLR.state_dict` saves an object's fields
+    (and skips plain functions), so a checkpoint records the whole schedule.
+    """
+
+    schedule: str
+    warmup_steps: int
+    max_steps: int
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return 1.0
+        if self.schedule == "inverse_sqrt":
+            return math.sqrt(max(self.warmup_steps, 1) / (step + 1))
+        progress = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
+        progress = min(progress, 1.0)
+        if self.schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
+
+
+def deepspeed_config(train: TrainConfig) -> dict[str, Any]:
+    """The DeepSpeed config dict for this TrainConfig (no optimizer/scheduler: client objects)."""
+    return {
+        "train_micro_batch_size_per_gpu": _NOMINAL_MICRO_BATCH,
+        "gradient_accumulation_steps": train.grad_accum_steps,
+        "gradient_clipping": train.grad_clip,
+        "zero_optimization": {"stage": train.zero_stage},
+        "bf16": {"enabled": train.precision == "bf16"},
+        "fp16": {"enabled": train.precision == "fp16"},
+        # ZeRO refuses optimizers it was not tested with unless told; AdamW partitions fine.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 62,  # progress is logged by the trainer, not DeepSpeed
+        "wall_clock_breakdown": False,
+    }
+
+
+def skip_shared_memory_comm_build() -> None:
+    """Keep DeepSpeed from JIT-compiling its CPU shared-memory comm op (about 2 minutes).
+
+    On the CPU accelerator every `TorchBackend` builds `deepspeed_shm_comm` when it starts; the
+    op serves only `inference_all_reduce` (AutoTP inference), never training, whose collectives
+    go through torch.distributed (gloo). Marking the op incompatible makes `build_shm_op`
+    return None, so DeepSpeed falls back to the process group for everything. The dict is
+    DeepSpeed's own per-process probe result, built once and meant to be edited in place.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def create_engine(model: nn.Module, train: TrainConfig) -> DeepSpeedEngine:
+    """Wrap `model` (whose forward returns the loss) in a DeepSpeed engine with AdamW + LambdaLR."""
+    import deepspeed
+
+    if not train.use_gpu:
+        skip_shared_memory_comm_build()
+    if train.precision != "fp32":
+        # DeepSpeed casts parameters only; floating buffers (the sinusoidal position table)
+        # would stay fp32, promote activations to fp32 and clash with the bf16 LayerNorm.
+        model.to(torch.bfloat16 if train.precision == "bf16" else torch.float16)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=train.lr,
+        betas=(train.betas[0], train.betas[1]),
+        eps=train.eps,
+        weight_decay=train.weight_decay,
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupDecay(train.schedule, train.warmup_steps, train.max_steps)
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(train)
+    )
+    return engine
+
+
+def quiet_deepspeed() -> None:
+    """DeepSpeed logs its whole config and every engine step at INFO; keep warnings only."""
+    from deepspeed.utils import logger as deepspeed_logger
+
+    deepspeed_logger.setLevel(logging.WARNING)

@@ -1,0 +1,53 @@
+"""A finished variant's files: hypotheses, best weights with their config, copied to storage.
+
+They go to `TrainJob.result_uri(variant)` (any pyarrow filesystem URI) and, by rank 0, into the
+variant's MLflow run; `model_config.json` holds enough to rebuild the model with `heat.models`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow.fs
+import torch
+
+from heat.attention import spec_to_dict
+from heat.models import ClassifierConfig, Seq2SeqConfig
+
+HYPOTHESES_FILE = "hypotheses.txt"
+BEST_CHECKPOINT_DIR = "best_checkpoint"
+
+
+def write_hypotheses(folder: Path, lines: Sequence[str]) -> Path:
+    """One output per evaluation example, in the split's order (text, or a class id)."""
+    path = folder / HYPOTHESES_FILE
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def save_model(
+    folder: Path, model: torch.nn.Module, config: Seq2SeqConfig | ClassifierConfig
+) -> Path:
+    """folder/best_checkpoint/{model.pt (fp32 state dict), model_config.json}."""
+    target = folder / BEST_CHECKPOINT_DIR
+    target.mkdir(parents=True)
+    torch.save(model.state_dict(), target / "model.pt")
+    raw = dataclasses.asdict(config)
+    if isinstance(config, Seq2SeqConfig):
+        raw["attention"] = config.attention.to_dict()
+    else:
+        raw["attention_spec"] = spec_to_dict(config.attention_spec)
+    raw["class"] = type(config).__name__
+    (target / "model_config.json").write_text(json.dumps(raw, indent=1), encoding="utf-8")
+    return target
+
+
+def copy_to_storage(folder: Path, uri: str) -> None:
+    """Copy a local folder's contents to a storage URI (local path, file://, s3://, gs://...)."""
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
+    filesystem.create_dir(path, recursive=True)
+    pyarrow.fs.copy_files(str(folder), path, source_filesystem=pyarrow.fs.LocalFileSystem(),
+                          destination_filesystem=filesystem)

@@ -1,0 +1,70 @@
+"""Rank 0's writes into a variant's MLflow child run: metrics, tags, artifacts, the loss curve.
+
+The orchestrator creates the run (and ends it, or marks it FAILED); this only logs into it, so a
+resumed fit keeps appending to the same run. Only rank 0 holds a `VariantLog`: the other ranks
+never open the tracking store (one SQLite writer, no "database is locked").
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, RunTag
+
+LOSS_CURVE_FILE = "loss_curve.png"
+
+
+class VariantLog:
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        self.client = MlflowClient(tracking_uri)
+        self.run_id = run_id
+
+    def metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        """One round trip for several metrics at the same step."""
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step or 0) for key, value in values.items()]
+        self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+
+    def tags(self, values: dict[str, str]) -> None:
+        batch = [RunTag(key, str(value)) for key, value in values.items()]
+        self.client.log_batch(self.run_id, tags=batch, synchronous=True)
+
+    def artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
+        if local_path.is_dir():
+            self.client.log_artifacts(self.run_id, str(local_path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+
+    def history(self, key: str) -> tuple[list[int], list[float]]:
+        """(steps, values) of a metric, the last value per step: a resumed run re-logs the
+        steps between its checkpoint and the kill, and the later values are the ones kept."""
+        latest: dict[int, float] = {}
+        for metric in sorted(self.client.get_metric_history(self.run_id, key),
+                             key=lambda m: m.timestamp):
+            latest[metric.step] = metric.value
+        steps = sorted(latest)
+        return steps, [latest[s] for s in steps]
+
+    def plot_loss_curve(self, path: Path, title: str) -> Path:
+        """train/loss and val/loss against the optimizer step, from the tracked history."""
+        import matplotlib
+
+        matplotlib.use("Agg")  # workers have no display
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(figsize=(6, 4))
+        for key, style in (("train/loss", "-"), ("val/loss", "o-")):
+            steps, values = self.history(key)
+            if steps:
+                axes.plot(steps, values, style, label=key, markersize=3)
+        axes.set_xlabel("optimizer step")
+        axes.set_ylabel("loss")
+        axes.set_title(title)
+        axes.grid(alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        return path

@@ -1,0 +1,439 @@
+"""The Ray Train worker loop: load this rank's data once, then train and evaluate each variant.
+
+Reads as: set up the worker, restore the run's progress, and for every variant not finished yet
+build a model and a DeepSpeed engine, resume it if the checkpoint was taken inside it, run
+optimizer steps (validating, checkpointing, logging), evaluate the best weights, record the
+result. Every rank runs exactly `max_steps` optimizer steps per variant and takes the same
+validation/checkpoint decisions from all-reduced numbers, so `ray.train.report` (a barrier) is
+called the same number of times everywhere.
+
+`ray.train.report` blocks until the controller has taken the previous report (it polls every
+~2 s), so it is called only for checkpoints and finished variants; per-step metrics go straight
+from rank 0 to MLflow.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import resource
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from pipeline.batching import (
+    BatchPosition,
+    BatchStream,
+    Examples,
+    RankRows,
+    group_by_split,
+    token_budget_batches,
+)
+from pipeline.stages import evaluate
+from pipeline.stages.train import DATASET, TrainJob, Variant
+from pipeline.training.engine import create_engine, quiet_deepspeed
+from pipeline.training.objectives import Objective, build_objective
+from pipeline.training.outputs import (
+    BEST_CHECKPOINT_DIR,
+    HYPOTHESES_FILE,
+    copy_to_storage,
+    save_model,
+    write_hypotheses,
+)
+from pipeline.training.run_log import LOSS_CURVE_FILE, VariantLog
+from pipeline.training.state import (
+    Progress,
+    RankState,
+    RestoredCheckpoint,
+    VariantState,
+    write_progress,
+    write_training_state,
+)
+
+logger = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------
+# Worker set-up
+
+
+@dataclass(frozen=True)
+class Worker:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce(self, values: list[float], op: str = "sum") -> list[float]:
+        """Element-wise sum (or max) over ranks of a few floats, in float64.
+
+        The tensor lives on the worker's device: NCCL reduces CUDA tensors only."""
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if dist.is_initialized() and self.world_size > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        return tensor.cpu().tolist()
+
+    def gather(self, items: list[Any]) -> list[Any]:
+        """All ranks' items concatenated (rank order); small Python objects only."""
+        if not dist.is_initialized() or self.world_size == 1:
+            return items
+        parts: list[Any] = [None] * self.world_size
+        dist.all_gather_object(parts, items)
+        return [item for part in parts for item in part]
+
+
+def _start_worker(job: TrainJob) -> Worker:
+    import ray.train
+    import ray.train.torch
+
+    torch.set_num_threads(job.train.torch_threads)
+    quiet_deepspeed()
+    context = ray.train.get_context()
+    return Worker(context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device())
+
+
+@dataclass(frozen=True)
+class RankData:
+    """This rank's rows of the training, validation and evaluation splits."""
+
+    train: Examples
+    validation: Examples
+    evaluation: Examples
+
+
+def _load_data(job: TrainJob, worker: Worker) -> RankData:
+    """This rank's rows of each split, from one pass over the job's dataset."""
+    import ray.train
+
+    def rows(**options: Any) -> RankRows:
+        return RankRows(job.task, worker.rank, worker.world_size, **options)
+
+    train, validation = rows(), rows()
+    evaluation = rows(keep_refs=job.task == "translation", max_rows=job.eval.max_examples)
+    collectors = {"train": [train], "validation": [validation]}
+    collectors.setdefault(job.eval.split, []).append(evaluation)
+    shard = ray.train.get_dataset_shard(DATASET)
+    for table in shard.iter_batches(batch_format="pyarrow", batch_size=None):
+        for split, part in group_by_split(table, collectors):
+            for collector in collectors[split]:
+                collector.add(part)
+    data = RankData(train.examples(), validation.examples(), evaluation.examples())
+    counts = worker.all_reduce([len(data.train), len(data.validation), len(data.evaluation)])
+    needed = (worker.world_size, 1, 1)  # every rank draws training batches
+    for split, count, low in zip(("train", "validation", job.eval.split), counts, needed):
+        if count < low:
+            raise ValueError(f"split {split} of {job.data_uri} has {int(count)} rows; at least "
+                             f"{low} needed with {worker.world_size} worker(s)")
+    logger.info("rank %d rows: train %d, validation %d, %s %d", worker.rank, len(data.train),
+                len(data.validation), job.eval.split, len(data.evaluation))
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop over variants
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train's train_loop_per_worker: config = {"job": TrainJob}."""
+    import ray.train
+
+    job: TrainJob = config["job"]
+    worker = _start_worker(job)
+    data = _load_data(job, worker)
+    restored = RestoredCheckpoint(ray.train.get_checkpoint())
+    progress = restored.progress
+    ran_any = False
+    for variant in job.variants:
+        if variant.name in progress.finished:
+            logger.info("variant %s finished in an earlier attempt: skipped", variant.name)
+            continue
+        run = VariantRun(job, variant, worker, data, progress)
+        result = run.train_and_evaluate(restored if restored.resumes(variant.name) else None)
+        progress = Progress(finished={**progress.finished, variant.name: result})
+        _report(worker, progress, {"variant": variant.name, **_numbers(result)})
+        ran_any = True
+    restored.remove()
+    if not ran_any:  # everything was done before: report once so the result holds the progress
+        _report(worker, progress, {})
+
+
+def _numbers(result: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in result.items() if isinstance(v, (int, float))}
+
+
+def _report(worker: Worker, progress: Progress, metrics: dict[str, Any]) -> None:
+    """A checkpoint with only the progress file (rank 0), e.g. when a variant has finished."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="heat-progress-") as folder:
+        checkpoint = None
+        if worker.is_main:
+            write_progress(Path(folder), progress)
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+# ---------------------------------------------------------------------------------------------
+# One variant
+
+
+class VariantRun:
+    """Trains one variant with its own DeepSpeed engine, then evaluates its best weights."""
+
+    def __init__(
+        self, job: TrainJob, variant: Variant, worker: Worker, data: RankData, progress: Progress
+    ) -> None:
+        self.job, self.variant, self.worker, self.data = job, variant, worker, data
+        self.progress = progress
+        self.train = job.train
+        self.model_config = job.model_config(variant)
+        self.log = (VariantLog(job.tracking_uri, job.mlflow_run_ids[variant.name])
+                    if worker.is_main else None)
+        torch.manual_seed(self.train.seed)  # identical initial weights on every rank
+        self.objective: Objective = build_objective(self.model_config)
+        self.engine = create_engine(self.objective, self.train)
+        torch.manual_seed(self.train.seed + 1000 * (worker.rank + 1))  # per-rank dropout
+        self.state = VariantState(variant.name, worker.world_size)
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.stream: BatchStream | None = None
+
+    # -- set-up and resume ---------------------------------------------------------------------
+
+    def _begin(self, restored: RestoredCheckpoint | None) -> None:
+        position = BatchPosition()
+        if restored is not None:
+            self.state, rank_state, self.best_weights = restored.load_training_state(
+                self.engine, self.worker.rank, self.worker.world_size
+            )
+            rank_state.restore_rng()
+            position = rank_state.position
+            logger.info("variant %s resumes at step %d", self.variant.name, self.state.step)
+        self.stream = BatchStream(self.data.train.lengths(), self.train.tokens_per_batch,
+                                  self.train.seed, position)
+        if self.log is not None:
+            model = self.objective.model
+            self.log.tags({
+                "resolved_attention": json.dumps(model.resolved_attention, sort_keys=True),
+                "num_parameters": str(sum(p.numel() for p in model.parameters())),
+                "world_size": str(self.worker.world_size),
+            })
+
+    # -- training ------------------------------------------------------------------------------
+
+    def train_and_evaluate(self, restored: RestoredCheckpoint | None) -> dict[str, Any]:
+        self._begin(restored)
+        start = time.perf_counter()
+        self._train()
+        trained = time.perf_counter()
+        result = self._evaluate()
+        self.engine.destroy()
+        logger.info("variant %s: %d steps trained in %.1f s (this attempt), evaluated in %.1f s",
+                    self.variant.name, self.state.step, trained - start,
+                    time.perf_counter() - trained)
+        return result
+
+    def _train(self) -> None:
+        meter = _Meter()
+        if self.device_is_cuda:
+            torch.cuda.reset_peak_memory_stats(self.worker.device)
+        while self.state.step < self.train.max_steps and not self.state.stopped_early:
+            phase_start = time.perf_counter()
+            loss, tokens = self._optimizer_step()
+            meter.add(loss, tokens, time.perf_counter() - phase_start)
+            self.state.step += 1
+            step = self.state.step
+            last = step == self.train.max_steps
+            if step % self.train.log_every == 0 or last:
+                self._log_training(self._flush(meter))
+            if step % self.train.val_every == 0 or last:
+                self._validate()
+            if (self.train.checkpoint_every and step % self.train.checkpoint_every == 0
+                    and not last and not self.state.stopped_early):
+                self._flush(meter)  # the checkpoint's token and time totals are complete
+                self.state.wall_seconds += time.perf_counter() - phase_start
+                phase_start = time.perf_counter()
+                self._checkpoint()
+            self.state.wall_seconds += time.perf_counter() - phase_start
+
+    @property
+    def device_is_cuda(self) -> bool:
+        return self.worker.device.type == "cuda"
+
+    def _optimizer_step(self) -> tuple[float, int]:
+        """grad_accum_steps micro-batches; DeepSpeed steps the optimizer after the last one."""
+        assert self.stream is not None
+        self.engine.train()
+        losses, tokens = [], 0
+        for _ in range(self.train.grad_accum_steps):
+            indices = next(self.stream)
+            batch = self._to_device(self.data.train.collate(indices, *self._special_ids))
+            loss = self.engine(**batch)
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(loss.detach().item())
+            tokens += self.data.train.tokens(indices)
+        return sum(losses) / len(losses), tokens
+
+    @property
+    def _special_ids(self) -> tuple[int, int]:
+        config = self.model_config
+        return config.pad_id, getattr(config, "bos_id", 0)
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: tensor.to(self.worker.device) for name, tensor in batch.items()}
+
+    def _flush(self, meter: _Meter) -> dict[str, float]:
+        """Add the meter's interval, summed over ranks, to the state's totals; its figures."""
+        loss_sum, count, tokens, seconds = self.worker.all_reduce(
+            [meter.loss_sum, meter.count, meter.tokens, meter.seconds]
+        )
+        meter.reset()
+        seconds /= self.worker.world_size  # ranks step in lockstep: their mean wall time
+        self.state.tokens += int(tokens)
+        self.state.train_seconds += seconds
+        return {"train/loss": loss_sum / max(count, 1), "tokens_per_s": tokens / max(seconds, 1e-9)}
+
+    def _log_training(self, figures: dict[str, float]) -> None:
+        (peak,) = self.worker.all_reduce([self._peak_memory_mb()], op="max")
+        if self.log is not None:
+            self.log.metrics({**figures, "lr": float(self.engine.get_lr()[0]),
+                              "peak_mem_mb": peak}, step=self.state.step)
+
+    def _peak_memory_mb(self) -> float:
+        """GPU: peak allocated by this variant. CPU: peak RSS of the worker process so far
+        (the kernel keeps one high-water mark per process, across variants)."""
+        if self.device_is_cuda:
+            return torch.cuda.max_memory_allocated(self.worker.device) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+    @torch.no_grad()
+    def _validate(self) -> None:
+        self.engine.eval()
+        total, count = 0.0, 0
+        examples = self.data.validation
+        for indices in token_budget_batches(examples.lengths(), self.train.tokens_per_batch):
+            batch = self._to_device(examples.collate(indices, *self._special_ids))
+            loss, terms = self.engine.module.summed(**batch)
+            total, count = total + float(loss), count + terms
+        total, count = self.worker.all_reduce([total, count])
+        val_loss = total / count
+        state = self.state
+        if state.record_validation(val_loss, self.train.early_stopping_patience):
+            self.best_weights = {name: tensor.detach().float().cpu().clone() for name, tensor
+                                 in self.objective.model.state_dict().items()}
+        if self.log is not None:
+            self.log.metrics({"val/loss": val_loss}, step=state.step)
+        if state.stopped_early:
+            logger.info("variant %s stops early at step %d (best %.4f at step %d)",
+                        self.variant.name, state.step, state.best_val_loss, state.best_step)
+
+    def _checkpoint(self) -> None:
+        import ray.train
+
+        assert self.stream is not None
+        progress = Progress(finished=self.progress.finished, current=copy.copy(self.state))
+        with tempfile.TemporaryDirectory(prefix="heat-ckpt-") as folder:
+            write_training_state(Path(folder), self.engine, self.worker.rank, progress,
+                                 RankState.capture(self.stream.position), self.best_weights)
+            ray.train.report(
+                {"variant": self.variant.name, "step": self.state.step,
+                 "best_val_loss": self.state.best_val_loss},
+                checkpoint=ray.train.Checkpoint.from_directory(folder),
+            )
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    def _best_model(self) -> torch.nn.Module:
+        """A fresh fp32 model with the best validation weights (the engine's may be bf16)."""
+        model = build_objective(self.model_config).model
+        assert self.best_weights is not None  # the last step always validates
+        model.load_state_dict(self.best_weights)
+        return model.to(self.worker.device).eval()
+
+    def _evaluate(self) -> dict[str, Any]:
+        model = self._best_model()
+        examples = self.data.evaluation
+        if self.job.task == "translation":
+            outputs = evaluate.translate(model, examples, self.job.eval, self.worker.device)
+            rows = list(zip(examples.index.tolist(), outputs, examples.refs or []))
+        else:
+            outputs = evaluate.classify(model, examples, self.job.eval, self.worker.device)
+            rows = list(zip(examples.index.tolist(), outputs.tolist(), examples.labels.tolist()))
+        gathered = sorted(self.worker.gather(rows))
+        result = self._summary()
+        if self.worker.is_main:
+            result.update(self._score_and_save(gathered, model))
+        # Every rank returns rank 0's result, so the progress each rank keeps is the same.
+        return self.worker.gather([result])[0]
+
+    def _summary(self) -> dict[str, Any]:
+        state = self.state
+        (peak,) = self.worker.all_reduce([self._peak_memory_mb()], op="max")
+        return {
+            "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
+            "peak_mem_mb": peak,
+            "steps": state.step,
+            "train_wall_s": state.wall_seconds,
+            "best_val_loss": state.best_val_loss,
+            "best_step": state.best_step,
+            "stopped_early": state.stopped_early,
+            "resolved_attention": self.objective.model.resolved_attention,
+        }
+
+    def _score_and_save(self, rows: list[tuple], model: torch.nn.Module) -> dict[str, Any]:
+        """Rank 0: scores, hypotheses file, best weights, loss curve; storage and MLflow."""
+        _, outputs, truths = zip(*rows)
+        if self.job.task == "translation":
+            texts = evaluate.detokenize(self.job.tokenizer_model, outputs)
+            scores = evaluate.translation_scores(texts, truths)
+        else:
+            texts = [str(label) for label in outputs]
+            scores = evaluate.classification_scores(
+                np.array(outputs), np.array(truths), self.job.num_labels or 0
+            )
+        result_uri = self.job.result_uri(self.variant.name)
+        assert self.log is not None
+        with tempfile.TemporaryDirectory(prefix="heat-result-") as tmp:
+            folder = Path(tmp)
+            write_hypotheses(folder, texts)
+            save_model(folder, model, self.model_config)
+            self.log.plot_loss_curve(folder / LOSS_CURVE_FILE, self.variant.name)
+            copy_to_storage(folder, result_uri)
+            self._log_results(folder, scores)
+        return {**scores, "hypotheses_uri": f"{result_uri}/{HYPOTHESES_FILE}",
+                "checkpoint_uri": f"{result_uri}/{BEST_CHECKPOINT_DIR}"}
+
+    def _log_results(self, folder: Path, scores: dict[str, Any]) -> None:
+        assert self.log is not None
+        numbers = {k: v for k, v in scores.items() if isinstance(v, float)}
+        self.log.metrics({**numbers, "best_val_loss": self.state.best_val_loss,
+                          "train_wall_s": self.state.wall_seconds}, step=self.state.step)
+        self.log.tags({k: v for k, v in scores.items() if isinstance(v, str)})
+        self.log.artifact(folder / HYPOTHESES_FILE)
+        self.log.artifact(folder / LOSS_CURVE_FILE)
+        self.log.artifact(folder / BEST_CHECKPOINT_DIR, BEST_CHECKPOINT_DIR)
+
+
+class _Meter:
+    """Training loss, tokens and step seconds since the last log, on this rank."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum, self.count, self.tokens, self.seconds = 0.0, 0, 0, 0.0
+
+    def add(self, loss: float, tokens: int, seconds: float) -> None:
+        self.loss_sum += loss
+        self.count += 1
+        self.tokens += tokens
+        self.seconds += seconds
