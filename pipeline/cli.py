@@ -1,4 +1,8 @@
-"""The `heat-pipeline` command (also `python -m pipeline`)."""
+"""The `heat-pipeline` command (also `python -m pipeline`).
+
+Subcommands import what they need when they run: `demo-attention` must not pay for importing Ray,
+DeepSpeed and MLflow (seconds), and `--help` must work even where they are broken.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +35,45 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--head-dim", type=_positive_int, default=32)
     demo.add_argument("--causal", action="store_true", help="causal attention (causal variants)")
     demo.add_argument("--seed", type=int, default=0)
+
+    run = commands.add_parser(
+        "run", help="run a pipeline config: prepare, tokenize, train and evaluate every variant"
+    )
+    run.add_argument("config", help="a pipeline YAML, e.g. configs/iwslt15_en_vi.yaml")
+    _add_pipeline_arguments(run)
+    smoke = commands.add_parser(
+        "smoke",
+        help="the CPU smoke pipeline (configs/smoke.yaml: both tasks, all six variants, minutes)",
+    )
+    _add_pipeline_arguments(smoke)
+
+    bench = commands.add_parser("bench", help="benchmarks (JSON and a plot)")
+    benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    attention = benches.add_parser(
+        "attention",
+        help="time, peak memory and error of every attention variant against sequence length",
+    )
+    from pipeline.bench import configure  # torch and heat only: no Ray, DeepSpeed or MLflow
+
+    configure(attention)
     return parser
+
+
+def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE",
+        help="dotted overrides, values parsed as YAML: defaults.train.max_steps=200 "
+        "variants.heat.rank=16 tasks.classification=null",
+    )
+    parser.add_argument(
+        "--run-name", help="name of this run (default: <config name>-<date>-<time>); with "
+        "--resume, the run to continue (default: the latest run of this config)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue a killed run: finished stages and variants are skipped, training resumes "
+        "from its last checkpoint, MLflow runs are reused",
+    )
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -49,11 +91,42 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_pipeline_command(args: argparse.Namespace) -> int:
+    """Validate the config (exit 2 on any config error, no traceback), print it, run it."""
+    import yaml
+
+    from heat.validation import ConfigError
+    from pipeline.config import load_config, packaged_config
+
+    try:
+        path = packaged_config("smoke") if args.command == "smoke" else args.config
+        config = load_config(path, args.overrides)
+        print(f"# resolved config ({path})\n" + yaml.safe_dump(config.to_dict(), sort_keys=False),
+              flush=True)
+        from pipeline.run import format_summary, run_pipeline
+
+        result = run_pipeline(config, run_name=args.run_name, resume=args.resume)
+    except ConfigError as error:
+        print(f"heat-pipeline: config error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("heat-pipeline: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    print(format_summary(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     if args.command == "demo-attention":
         return run_demo(args)
+    if args.command in ("run", "smoke"):
+        return run_pipeline_command(args)
+    if args.command == "bench":
+        from pipeline.bench import main as run_bench
+
+        return run_bench(args)
     raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown ones
 
 

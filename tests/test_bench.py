@@ -65,3 +65,13 @@ def test_hopeless_sizes_are_skipped_with_a_reason(tmp_path):
 def test_unknown_variant_is_rejected():
     with pytest.raises(SystemExit, match="unknown variant 'flash'"):
         bench.build_cases(parse("--variants", "softmax,flash"))
+
+
+def test_the_cli_runs_the_bench(tmp_path, capsys):
+    from pipeline.cli import main
+
+    out = tmp_path / "cli.json"
+    assert main(["bench", "attention", "--lengths", "16", "--repeats", "1", "--heads", "1",
+                 "--head-dim", "8", "--variants", "softmax,heat,taylor", "--out", str(out)]) == 0
+    assert {r["variant"] for r in json.loads(out.read_text())} == {"softmax", "heat", "taylor"}
+    assert "| 16 |" in capsys.readouterr().out

@@ -1,0 +1,206 @@
+"""MLflow bookkeeping of one pipeline invocation: a parent run and a child run per (task, variant).
+
+The orchestrator creates every child run before training starts and hands the ids to the
+workers (rank 0 logs metrics and artifacts into them with its own `MlflowClient`); this module only
+talks to MLflow from the driver. All calls go through an explicit `MlflowClient`, never the fluent
+`mlflow.start_run` API, whose process-global active run would leak between invocations and tests.
+
+Failure handling is the point of `PipelineTracker.failed`: a run that raises (or is interrupted)
+ends with its parent and every unfinished child marked FAILED, the reason in the `heat.failure`
+tag and the traceback in a `failure.txt` artifact. Nothing already logged is ever deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+from mlflow.entities import Param, RunStatus, RunTag
+
+logger = logging.getLogger(__name__)
+
+PARAMS_PER_BATCH = 100  # MLflow's limit on params in one log_batch call
+PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length
+
+TAG_RUN_NAME = "heat.run_name"
+TAG_CONFIG = "heat.config"
+TAG_TASK = "heat.task"
+TAG_VARIANT = "heat.variant"
+TAG_FAILURE = "heat.failure"
+TAG_PARENT = "mlflow.parentRunId"
+
+
+def browse_command(tracking_uri: str) -> str:
+    """How to look at the runs: the UI command for a local store, the address for a server."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri} in a browser"
+    return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """Nested mappings to dotted keys with string values, the shape MLflow params take."""
+    if isinstance(value, Mapping):
+        flat: dict[str, str] = {}
+        for key, item in value.items():
+            flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    if len(text) > PARAM_VALUE_LIMIT:
+        text = text[: PARAM_VALUE_LIMIT - 15] + "...(truncated)"
+    return {prefix: text}
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    task: str
+    variant: str
+    run_id: str
+
+
+class PipelineTracker:
+    """The MLflow runs of one invocation. Build with `PipelineTracker.open`."""
+
+    def __init__(self, client: mlflow.MlflowClient, tracking_uri: str, experiment_id: str,
+                 parent_run_id: str, run_name: str) -> None:
+        self.client = client
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.run_name = run_name
+
+    @classmethod
+    def open(cls, *, tracking_uri: str, experiment: str, artifact_location: str | None,
+             run_name: str, config_name: str, resume: bool) -> PipelineTracker:
+        """Start the parent run, or with `resume` reopen the latest one tagged with `run_name`."""
+        client = mlflow.MlflowClient(tracking_uri)
+        experiment_id = _experiment_id(client, experiment, artifact_location)
+        parent = _find_parent(client, experiment_id, run_name) if resume else None
+        if parent is not None:
+            client.update_run(parent, status=RunStatus.to_string(RunStatus.RUNNING))
+            logger.info("resuming MLflow parent run %s (%s)", parent, run_name)
+        else:
+            tags = {TAG_RUN_NAME: run_name, TAG_CONFIG: config_name}
+            parent = client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+            logger.info("MLflow parent run %s (%s) in experiment %r", parent, run_name, experiment)
+        return cls(client, tracking_uri, experiment_id, parent, run_name)
+
+    def log_params(self, run_id: str, params: Mapping[str, str]) -> None:
+        """Log params in batches; re-logging an identical value (a resumed run) is accepted."""
+        existing = self.client.get_run(run_id).data.params
+        items = [Param(k, v) for k, v in params.items() if existing.get(k) != v]
+        for start in range(0, len(items), PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, params=items[start : start + PARAMS_PER_BATCH])
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_bytes(self, run_id: str, data: bytes, artifact_file: str) -> None:
+        """Log an in-memory file (a SentencePiece model read from storage) as an artifact."""
+        import tempfile
+
+        directory, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, name)
+            with open(path, "wb") as handle:
+                handle.write(data)
+            self.client.log_artifact(run_id, path, directory or None)
+
+    def child_runs(self, task: str, variants: list[str]) -> dict[str, ChildRun]:
+        """A running child run per variant of `task`: existing ones reopened, missing ones made.
+
+        Reopening matters for `--resume`: the metrics a killed attempt logged stay in the same
+        run, and the continued training appends to them."""
+        found = {
+            run.data.tags.get(TAG_VARIANT): run
+            for run in self.client.search_runs(
+                [self.experiment_id],
+                f"tags.`{TAG_PARENT}` = '{self.parent_run_id}' and tags.`{TAG_TASK}` = '{task}'",
+            )
+        }
+        children = {}
+        for variant in variants:
+            run = found.get(variant)
+            if run is None:
+                tags = {TAG_PARENT: self.parent_run_id, TAG_RUN_NAME: self.run_name,
+                        TAG_TASK: task, TAG_VARIANT: variant}
+                run = self.client.create_run(self.experiment_id, tags=tags,
+                                             run_name=f"{task}/{variant}")
+            elif run.info.status != "RUNNING":
+                self.client.update_run(run.info.run_id, status="RUNNING")
+            children[variant] = ChildRun(task, variant, run.info.run_id)
+        return children
+
+    def finish(self, run_id: str) -> None:
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def fail(self, reason: str, details: str) -> None:
+        """Mark the parent and every child still RUNNING as FAILED, saying why in each."""
+        running = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`{TAG_PARENT}` = '{self.parent_run_id}' and attributes.status = 'RUNNING'",
+        )
+        for run_id in [self.parent_run_id, *(run.info.run_id for run in running)]:
+            try:
+                self.client.log_batch(run_id, tags=[RunTag(TAG_FAILURE, reason)])
+                self.client.log_text(run_id, details, "failure.txt")
+                self.client.set_terminated(run_id, "FAILED")
+            except Exception:  # keep marking the others; the original error is what matters
+                logger.exception("could not mark MLflow run %s FAILED", run_id)
+
+    @contextmanager
+    def failed_on_error(self) -> Iterator[PipelineTracker]:
+        """Mark the runs FAILED if the body raises anything, Ctrl-C included, then re-raise."""
+        try:
+            yield self
+        except BaseException as error:
+            reason = failure_reason(error)
+            logger.error("pipeline failed (%s); marking MLflow runs FAILED", reason)
+            self.fail(reason, "".join(traceback.format_exception(error)))
+            raise
+
+
+def failure_reason(error: BaseException) -> str:
+    """One line for the tag: the error's type, its first line and, for a multi-line message
+    (Ray's worker errors embed whole tracebacks), its last line, the root cause."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines and isinstance(error, KeyboardInterrupt):
+        lines = ["interrupted (Ctrl-C, or SIGTERM e.g. from `ray job stop`)"]
+    if not lines:
+        return type(error).__name__
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    return f"{type(error).__name__}: {text}"[:1000]
+
+
+def _experiment_id(client: mlflow.MlflowClient, name: str, artifact_location: str | None) -> str:
+    """The experiment's id, creating it (with its artifact location) on first use.
+
+    Without an explicit location a SQLite-backed experiment would put artifacts in ./mlruns of
+    whatever directory the driver runs in; the caller passes one next to the store instead."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except mlflow.exceptions.MlflowException:
+        time.sleep(0.5)  # another process created it between our lookup and create
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _find_parent(client: mlflow.MlflowClient, experiment_id: str, run_name: str) -> str | None:
+    """The most recent parent run of `run_name`, if any."""
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.`{TAG_RUN_NAME}` = '{run_name}' and tags.`{TAG_CONFIG}` != ''",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
