@@ -114,6 +114,19 @@ inline void add_moments(T (*acc)[W], const T* t, const T* weight, int P, int w) 
   }
 }
 
+// Key j's contribution to both moments: M_p += keep t^p v, Z_p += keep t^p (nothing if padded).
+template <typename T>
+inline void add_key(T (*M)[W], T (*Z)[W], const T* t, const T* v, T keep, int P, int w) {
+  if (keep == T(0)) return;
+  T weighted[W], ones[W];
+  for (int c = 0; c < w; ++c) {
+    weighted[c] = keep * v[c];
+    ones[c] = keep;
+  }
+  add_moments(M, t, weighted, P, w);
+  add_moments(Z, t, ones, P, w);
+}
+
 template <typename T>
 inline T valid_at(const T* valid, const Shape& s, int64_t b, int64_t j) {
   return valid ? valid[b * s.Lk + j] : T(1);
@@ -130,16 +143,8 @@ void noncausal_fwd_impl(const Shape& s, int64_t begin, int64_t end, const T* tq,
     const int w = WC > 0 ? WC : blk.w;
     T M[PMAX][W] = {}, Z[PMAX][W] = {}, KM[PMAX][W], KZ[PMAX][W];
     for (int64_t j = 0; j < s.Lk; ++j) {
-      const T keep = valid_at(valid, s, blk.b, j);
-      if (keep == T(0)) continue;
       const int64_t row = (blk.n * s.Lk + j) * s.D + blk.c0;
-      T weighted[W], ones[W];
-      for (int c = 0; c < w; ++c) {
-        weighted[c] = keep * v[row + c];
-        ones[c] = keep;
-      }
-      add_moments(M, tk + row, weighted, P, w);
-      add_moments(Z, tk + row, ones, P, w);
+      add_key(M, Z, tk + row, v + row, valid_at(valid, s, blk.b, j), P, w);
     }
     mix(K, P, M, KM, w);
     mix(K, P, Z, KZ, w);
@@ -222,17 +227,8 @@ void causal_fwd_impl(const Shape& s, int64_t begin, int64_t end, const T* tq, co
     const int w = WC > 0 ? WC : blk.w;
     T M[PMAX][W] = {}, Z[PMAX][W] = {}, pw[PMAX][W], kq[PMAX][W];
     for (int64_t j = 0; j < s.Lk; ++j) {
-      const T keep = valid_at(valid, s, blk.b, j);
       const int64_t krow = (blk.n * s.Lk + j) * s.D + blk.c0;
-      if (keep != T(0)) {
-        T weighted[W], ones[W];
-        for (int c = 0; c < w; ++c) {
-          weighted[c] = keep * v[krow + c];
-          ones[c] = keep;
-        }
-        add_moments(M, tk + krow, weighted, P, w);
-        add_moments(Z, tk + krow, ones, P, w);
-      }
+      add_key(M, Z, tk + krow, v + krow, valid_at(valid, s, blk.b, j), P, w);
       const int64_t i = j - offset;
       if (i < 0) continue;
       const int64_t row = (blk.n * s.Lq + i) * s.D + blk.c0;
@@ -269,17 +265,8 @@ void causal_bwd_impl(const Shape& s, int64_t begin, int64_t end, const T* tq, co
     {
       T M[PMAX][W] = {}, Z[PMAX][W] = {}, pw[PMAX][W], dpw[PMAX][W], kq[PMAX][W], kdq[PMAX][W];
       for (int64_t j = 0; j < s.Lk; ++j) {
-        const T keep = valid_at(valid, s, blk.b, j);
         const int64_t krow = (blk.n * s.Lk + j) * s.D + blk.c0;
-        if (keep != T(0)) {
-          T weighted[W], ones[W];
-          for (int c = 0; c < w; ++c) {
-            weighted[c] = keep * v[krow + c];
-            ones[c] = keep;
-          }
-          add_moments(M, tk + krow, weighted, P, w);
-          add_moments(Z, tk + krow, ones, P, w);
-        }
+        add_key(M, Z, tk + krow, v + krow, valid_at(valid, s, blk.b, j), P, w);
         const int64_t i = j - offset;
         if (i < 0) continue;
         const int64_t row = (blk.n * s.Lq + i) * s.D + blk.c0;
