@@ -5,7 +5,7 @@ workers (rank 0 logs metrics and artifacts into them with its own `MlflowClient`
 talks to MLflow from the driver. All calls go through an explicit `MlflowClient`, never the fluent
 `mlflow.start_run` API, whose process-global active run would leak between invocations and tests.
 
-Failure handling is the point of `PipelineTracker.failed`: a run that raises (or is interrupted)
+Failure handling is `PipelineTracker.failed_on_error`: a run that raises (or is interrupted)
 ends with its parent and every unfinished child marked FAILED, the reason in the `heat.failure`
 tag and the traceback in a `failure.txt` artifact. Nothing already logged is ever deleted.
 """
