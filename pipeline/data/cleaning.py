@@ -144,6 +144,9 @@ def count_reasons(batch: pa.Table) -> pa.Table:
     """Rows per (split, reason) in a batch, "kept" for rows without a drop reason."""
     reasons = pc.fill_null(batch["drop_reason"], "kept")
     table = pa.table({"split": batch["split"], "reason": reasons})
-    counts = table.group_by(["split", "reason"]).aggregate([([], "count_all")])
+    # use_threads=False: Acero's threaded group-by inside a Ray worker intermittently fails
+    # with "ArrowIndexError: thread index N is out of range" (seen in CI); a batch is small.
+    counts = table.group_by(["split", "reason"], use_threads=False).aggregate(
+        [([], "count_all")])
     return counts.select(["split", "reason", "count_all"]).rename_columns(
         ["split", "reason", "rows"])

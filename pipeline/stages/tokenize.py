@@ -228,7 +228,9 @@ def _read_prepared(prepared_uri: str) -> ray.data.Dataset:
 
 
 def _count(batch: pa.Table) -> pa.Table:
-    counts = batch.group_by("split").aggregate([([], "count_all"), ("truncated", "sum")])
+    # Single-threaded: see pipeline.data.cleaning.count_reasons.
+    counts = batch.group_by("split", use_threads=False).aggregate(
+        [([], "count_all"), ("truncated", "sum")])
     return counts.select(["split", "count_all", "truncated_sum"])
 
 
