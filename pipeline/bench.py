@@ -286,6 +286,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     last_ms: dict[str, tuple[int, float]] = {}
     progress = tqdm(total=len(args.lengths) * len(cases), desc="bench attention", unit="case")
+    measured: list[tuple[int, list[tuple[Case, dict[str, Any]]]]] = []
     for n in args.lengths:
         live: list[tuple[Case, dict[str, Any]]] = []
         for case in cases:
@@ -305,12 +306,16 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 progress.update()
                 continue
             live.append((case, record))
-        _measure(live, args, n, device, dtype, memory, exact_kernels, progress)
+        measured.append((n, _measure(live, args, n, device, dtype, exact_kernels, progress)))
         for case, record in live:
             if record["fwd_bwd_ms"] is not None:
                 last_ms[case.label] = (n, record["fwd_bwd_ms"])
             records.append(record)
     progress.close()
+    # Memory after every timing: on the CPU it switches the allocator to returning freed
+    # memory at once (see PeakMemory), which would slow every later allocation.
+    for n, ok in measured:
+        _measure_memory(ok, args, n, device, dtype, memory)
     _add_ratios(records)
     _add_bandwidth(records, device)
     return records
@@ -335,12 +340,10 @@ def _skip_reason(case: Case, args, n: int, dtype: torch.dtype, last: tuple[int, 
     return None
 
 
-def _measure(live, args, n, device, dtype, memory, exact_kernels, progress) -> None:
-    """Fill in the records of the cases that run at this n: errors, memory, then timings with
-    the repeats interleaved across cases."""
+def _runners(args, n: int, device: torch.device, dtype: torch.dtype):
+    """(q, k, v, forward, forward_backward) on this n's inputs."""
     q, k, v = _inputs(args, n, device, dtype, grad=True)
     grad_out = torch.randn_like(q)
-    references: dict[str, torch.Tensor] = {}
 
     def forward(case: Case) -> None:
         with torch.no_grad():
@@ -352,6 +355,15 @@ def _measure(live, args, n, device, dtype, memory, exact_kernels, progress) -> N
         q.grad = k.grad = v.grad = None
         for p in case.kernel.parameters():
             p.grad = None
+
+    return q, k, v, forward, forward_backward
+
+
+def _measure(live, args, n, device, dtype, exact_kernels, progress):
+    """Fill in the errors and timings (repeats interleaved across cases) of the cases that run
+    at this n; returns those that ran, for `_measure_memory`."""
+    q, k, v, forward, forward_backward = _runners(args, n, device, dtype)
+    references: dict[str, torch.Tensor] = {}
 
     for case, record in live:
         try:
@@ -386,7 +398,12 @@ def _measure(live, args, n, device, dtype, memory, exact_kernels, progress) -> N
             record["fwd_bwd_ms"] = statistics.median(times[case.label]["fwd_bwd"])
         progress.update()
         progress.set_postfix(n=n, last=case.label)
-    # memory last: on the CPU it switches the allocator to returning memory (see PeakMemory)
+    return ok
+
+
+def _measure_memory(ok, args, n, device, dtype, memory: PeakMemory) -> None:
+    """Peak memory of one forward+backward per case at this n."""
+    *_, forward_backward = _runners(args, n, device, dtype)
     for case, record in ok:
         with memory:
             forward_backward(case)

@@ -75,3 +75,17 @@ def test_the_cli_runs_the_bench(tmp_path, capsys):
                  "--head-dim", "8", "--variants", "softmax,heat,taylor", "--out", str(out)]) == 0
     assert {r["variant"] for r in json.loads(out.read_text())} == {"softmax", "heat", "taylor"}
     assert "| 16 |" in capsys.readouterr().out
+
+
+def test_memory_is_measured_after_every_timing(monkeypatch):
+    """The CPU peak-memory probe switches glibc to returning freed memory at once, which slows
+    every later allocation: no timing may follow it."""
+    events: list[str] = []
+    timed, enter = bench._timed, bench.PeakMemory.__enter__
+    monkeypatch.setattr(bench, "_timed", lambda *a: events.append("time") or timed(*a))
+    monkeypatch.setattr(bench.PeakMemory, "__enter__",
+                        lambda self: events.append("memory") or enter(self))
+    bench.run(parse("--lengths", "16,32", "--variants", "softmax,heat", "--heads", "1",
+                    "--head-dim", "8", "--repeats", "1", "--warmup", "0"))
+    assert events.count("memory") == 4 and events.count("time") == 8
+    assert events.index("memory") > max(i for i, e in enumerate(events) if e == "time")
