@@ -170,19 +170,32 @@ class PeakMemory:
         """glibc keeps freed blocks below a dynamic mmap threshold (up to 32 MiB) in its heap,
         so a second run of the same code would not raise the RSS at all. A fixed 64 KiB
         threshold makes every tensor its own mapping, returned on free. It also slows
-        allocation, which is why the timings are taken before the first memory measurement."""
-        if self._malloc_fixed:
-            return
-        self._malloc_fixed = True
+        allocation, which is why every timing is taken before the first memory measurement."""
         try:
             import ctypes
 
             libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
-            libc.mallopt(-1, 0)  # M_TRIM_THRESHOLD: trim the heap top at once
+            if not self._malloc_fixed:
+                libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+                libc.mallopt(-1, 0)  # M_TRIM_THRESHOLD: trim the heap top at once
+                self._malloc_fixed = True
+            # Free blocks left in the heaps (of every arena: the kernels' threads have their
+            # own) are still resident and would serve the next allocations without raising
+            # the RSS: give their pages back before each measurement.
             libc.malloc_trim(0)
         except (OSError, AttributeError) as error:
             logger.warning("cannot tune malloc (%s): CPU peak memory may read low", error)
+
+    def close(self) -> None:
+        """Back to glibc's default thresholds (a caller that goes on, such as a test session,
+        then allocates at full speed again; the thresholds stay fixed, not dynamic)."""
+        if self._malloc_fixed:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD default
+            libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD default
+            self._malloc_fixed = False
 
     @staticmethod
     def _status(key: str) -> int:
@@ -314,8 +327,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     progress.close()
     # Memory after every timing: on the CPU it switches the allocator to returning freed
     # memory at once (see PeakMemory), which would slow every later allocation.
-    for n, ok in measured:
-        _measure_memory(ok, args, n, device, dtype, memory)
+    try:
+        for n, ok in measured:
+            _measure_memory(ok, args, n, device, dtype, memory)
+    finally:
+        memory.close()
     _add_ratios(records)
     _add_bandwidth(records, device)
     return records

@@ -89,3 +89,12 @@ def test_memory_is_measured_after_every_timing(monkeypatch):
                     "--head-dim", "8", "--repeats", "1", "--warmup", "0"))
     assert events.count("memory") == 4 and events.count("time") == 8
     assert events.index("memory") > max(i for i, e in enumerate(events) if e == "time")
+
+
+def test_cpu_peak_memory_counts_what_one_step_allocates():
+    """After the timings have left freed blocks in the heap, one forward+backward at b=1, h=8,
+    n=2048, d=64 must still show at least its three input gradients (4 MiB each)."""
+    records = bench.run(parse("--lengths", "1024,2048", "--variants", "softmax,heat",
+                              "--repeats", "2", "--error-max-n", "0"))
+    peaks = [r["peak_mem_mb"] for r in records if r["n"] == 2048]
+    assert len(peaks) == 2 and min(peaks) >= 12, peaks
