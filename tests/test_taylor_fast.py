@@ -1,6 +1,6 @@
-"""The chunked non-causal Taylor path (hand-written backward) against the materialised-features
-reference: values and gradients (inputs and the learned projection) in fp32 within 1e-4, with
-padding, batch > 1 and several ragged chunks."""
+"""The chunked Taylor paths (moments, hand-written backward), non-causal and causal, against the
+materialised-features reference: values and gradients (inputs and the learned projection) in fp32
+within 1e-4, with padding, batch > 1, several ragged chunks and (causal) more keys than queries."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from heat.attention import taylor_fast
 from heat.attention.specs import TaylorSpec
 
 
-def run(implementation, order, feature_dim, n, m, mask):
+def run(implementation, order, feature_dim, n, m, mask, causal=False, chunk_size=128):
     torch.manual_seed(1)
     spec = TaylorSpec(order=order, feature_dim=feature_dim, implementation=implementation,
-                      allow_odd=order % 2 == 1)
+                      allow_odd=order % 2 == 1, chunk_size=chunk_size)
     kernel = build_attention(spec, head_dim=12, num_heads=3)
     torch.manual_seed(2)
     q, k, v = (torch.randn(3, 3, length, 12, requires_grad=True) for length in (n, m, m))
-    out = kernel(q, k, v, key_padding_mask=mask)
+    out = kernel(q, k, v, key_padding_mask=mask, causal=causal)
     (out * torch.linspace(-1, 1, 12)).sum().backward()
     return [out.detach(), q.grad, k.grad, v.grad, *[p.grad for p in kernel.parameters()]]
 
@@ -39,6 +39,31 @@ def test_chunked_matches_features(monkeypatch, order, feature_dim, n, m, padded)
     assert len(fast) == len(reference) == 4 + (feature_dim > 0)
     for a, b in zip(fast, reference):
         assert float((a - b).norm() / b.norm()) < 1e-4
+
+
+@pytest.mark.filterwarnings("ignore:taylor.order=1 is odd")
+@pytest.mark.parametrize("order,feature_dim", [(2, 0), (2, 5), (1, 0)])
+@pytest.mark.parametrize("n,m", [(37, 37), (29, 37), (1, 9)])
+@pytest.mark.parametrize("padded", [False, True])
+def test_causal_chunked_matches_features(order, feature_dim, n, m, padded):
+    mask = torch.zeros(3, m, dtype=torch.bool)
+    if padded:
+        mask[1, -6:] = True
+        mask[2, :4] = True  # with m > n: padded keys among the ones every query sees
+    fast = run("auto", order, feature_dim, n, m, mask, causal=True, chunk_size=8)  # ragged
+    reference = run("features", order, feature_dim, n, m, mask, causal=True, chunk_size=8)
+    assert len(fast) == len(reference) == 4 + (feature_dim > 0)
+    for a, b in zip(fast, reference):
+        assert float((a - b).norm() / b.norm()) < 1e-4
+
+
+def test_causal_output_ignores_later_keys():
+    kernel = build_attention(TaylorSpec(chunk_size=4), head_dim=6, num_heads=2)
+    q, k, v = (torch.randn(2, 2, 11, 6) for _ in range(3))
+    out = kernel(q, k, v, causal=True)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, 7:], v2[:, :, 7:] = torch.randn(2, 2, 4, 6), torch.randn(2, 2, 4, 6)
+    torch.testing.assert_close(kernel(q, k2, v2, causal=True)[:, :, :7], out[:, :, :7])
 
 
 def test_a_query_with_no_visible_key_outputs_zero():

@@ -179,9 +179,9 @@ class TaylorSpec:
     chunk_size: int = 128
     """Positions per chunk of the causal prefix sums."""
     implementation: str = "auto"
-    """'auto': non-causal attention of order <= 2 runs chunked with a hand-written backward and
-    no (n, features) tensor (`taylor_fast`), the rest as 'features': the symmetric feature map
-    materialised, plain linear attention (the reference)."""
+    """'auto': order <= 2 (causal or not) runs on the key moments, chunked, with a hand-written
+    backward and no (n, features) tensor (`taylor_fast`); higher orders as 'features': the
+    symmetric feature map materialised, plain linear attention (the reference)."""
 
     def __post_init__(self) -> None:
         _check_choice(self.name, "implementation", self.implementation, ("auto", "features"))

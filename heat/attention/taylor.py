@@ -25,7 +25,7 @@ from heat.attention.base import AttentionKernel, Capabilities
 from heat.attention.linear import accumulation_dtype, linear_attention
 from heat.attention.registry import register
 from heat.attention.specs import TaylorSpec
-from heat.attention.taylor_fast import taylor_noncausal
+from heat.attention.taylor_fast import taylor_causal, taylor_noncausal
 
 
 def monomial_terms(dim: int, degree: int) -> tuple[Tensor, Tensor]:
@@ -80,10 +80,14 @@ class TaylorAttention(AttentionKernel):
             q, k = self.projection(q), self.projection(k)  # (B, H, n|m, f)
         dtype = accumulation_dtype(q.dtype)
         scale = self.feature_dim ** -0.25  # sqrt(tau), tau = 1/sqrt(f)
-        if self.spec.implementation == "auto" and not causal and self.spec.order <= 2:
+        if self.spec.implementation == "auto" and self.spec.order <= 2:
             valid = None if key_padding_mask is None else ~key_padding_mask
-            out = taylor_noncausal(q.to(dtype) * scale, k.to(dtype) * scale, v.to(dtype),
-                                   order=self.spec.order, key_valid=valid)
+            x, y = q.to(dtype) * scale, k.to(dtype) * scale
+            if causal:
+                out = taylor_causal(x, y, v.to(dtype), order=self.spec.order, key_valid=valid,
+                                    chunk_size=self.spec.chunk_size)
+            else:
+                out = taylor_noncausal(x, y, v.to(dtype), order=self.spec.order, key_valid=valid)
             return out.to(v.dtype)
         phi_q = self.features(q.to(dtype) * scale)  # (B, H, n, D)
         phi_k = self.features(k.to(dtype) * scale)  # (B, H, m, D)

@@ -121,6 +121,122 @@ class _TaylorNonCausal(torch.autograd.Function):
         return grad_x, grad_y, grad_v, None, None
 
 
+class _Moments:
+    """The running key moments (S0, S1, S2) of the causal path; S2 only for order 2."""
+
+    def __init__(self, y: Tensor, values: Tensor, order: int) -> None:
+        self.order = order
+        self.s0 = values.sum(-2, keepdim=True)
+        self.s1 = y.transpose(-1, -2) @ values
+        self.s2 = _outer(y).transpose(-1, -2) @ values * 0.5 if order >= 2 else None
+
+    def add(self, y: Tensor, values: Tensor) -> None:
+        self.s0 = self.s0 + values.sum(-2, keepdim=True)
+        self.s1 = self.s1 + y.transpose(-1, -2) @ values
+        if self.order >= 2:
+            self.s2 = self.s2 + _outer(y).transpose(-1, -2) @ values * 0.5
+
+    def apply(self, x: Tensor) -> Tensor:
+        """phi(x) S for queries x: (.., C, f) -> (.., C, d+1)."""
+        mixed = self.s0 + x @ self.s1
+        return mixed + _outer(x) @ self.s2 if self.order >= 2 else mixed
+
+
+def _polynomial(s: Tensor, order: int) -> tuple[Tensor, Tensor]:
+    """T_order(s) and its derivative (order 1 or 2)."""
+    if order >= 2:
+        return 1 + s + 0.5 * s * s, 1 + s
+    return 1 + s, torch.ones_like(s)
+
+
+def _causal_spans(n: int, offset: int, chunk: int):
+    """(query span, key span) per chunk: query i is position offset + i among the keys."""
+    return [(slice(a, a + chunk), slice(offset + a, offset + a + chunk))
+            for a in range(0, n, chunk)]
+
+
+class _TaylorCausal(torch.autograd.Function):
+    """Causal order <= 2: inside a chunk the masked C x C polynomial kernel T(x_i . y_j) is
+    applied directly; across chunks the running moments (S0, S1, S2) of the earlier keys. The
+    backward makes two sweeps, forward (rebuilding the moments each chunk's queries saw: their
+    gradients) and backward (accumulating what the later queries asked of each chunk's keys),
+    so no per-chunk state is stored: memory O(chunk x f^2 + f^2 x d) per (batch, head)."""
+
+    @staticmethod
+    def forward(ctx, x, y, v, valid, order: int, chunk: int):
+        values = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+        if valid is not None:
+            values = values * valid[:, None, :, None].to(v.dtype)
+        n, m = x.shape[-2], y.shape[-2]
+        offset = m - n  # keys before the first query: visible to every query (cached decoding)
+        moments = _Moments(y[..., :offset, :], values[..., :offset, :], order)
+        mixed = torch.empty(*x.shape[:-1], values.shape[-1], dtype=x.dtype, device=x.device)
+        for qs, ks in _causal_spans(n, offset, chunk):
+            xs, ys, us = x[..., qs, :], y[..., ks, :], values[..., ks, :]
+            kernel = torch.tril(_polynomial(xs @ ys.transpose(-1, -2), order)[0])
+            mixed[..., qs, :] = kernel @ us + moments.apply(xs)
+            moments.add(ys, us)
+        normaliser = mixed[..., -1:]
+        denominator = normaliser.clamp_min(NORMALISER_EPS)
+        out = mixed[..., :-1] / denominator
+        denominator = torch.where(normaliser > NORMALISER_EPS, denominator, -denominator)
+        ctx.save_for_backward(x, y, values, valid, out, denominator)
+        ctx.order, ctx.chunk = order, chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y, values, valid, out, denominator = ctx.saved_tensors
+        order, chunk = ctx.order, ctx.chunk
+        kept = denominator > 0
+        denominator = denominator.abs()
+        grad_mixed = torch.cat(
+            [grad / denominator, -(grad * out).sum(-1, keepdim=True) / denominator * kept], dim=-1
+        )
+        n, m = x.shape[-2], y.shape[-2]
+        offset = m - n
+        spans = _causal_spans(n, offset, chunk)
+        grad_x, grad_y, grad_values = (torch.zeros_like(t) for t in (x, y, values))
+        # sweep 1, forward: the queries' side, and the exact in-chunk terms
+        moments = _Moments(y[..., :offset, :], values[..., :offset, :], order)
+        for qs, ks in spans:
+            xs, ys, us, gs = x[..., qs, :], y[..., ks, :], values[..., ks, :], grad_mixed[..., qs, :]
+            kernel, slope = _polynomial(xs @ ys.transpose(-1, -2), order)
+            kernel, slope = torch.tril(kernel), torch.tril(slope)
+            grad_values[..., ks, :] += kernel.transpose(-1, -2) @ gs
+            grad_scores = (gs @ us.transpose(-1, -2)) * slope  # d loss / d (x_i . y_j)
+            grad_x[..., qs, :] += grad_scores @ ys + gs @ moments.s1.transpose(-1, -2)
+            grad_y[..., ks, :] += grad_scores.transpose(-1, -2) @ xs
+            if order >= 2:
+                grad_x[..., qs, :] += 2 * _symmetric_matvec(gs @ moments.s2.transpose(-1, -2), xs)
+            moments.add(ys, us)
+        # sweep 2, backward: G = what the queries after a chunk asked of its keys' moments
+        g0 = g1 = g2 = None
+        for qs, ks in reversed([(slice(0, 0), slice(0, offset)), *spans]):
+            ys, us = y[..., ks, :], values[..., ks, :]
+            if g0 is not None:
+                grad_values[..., ks, :] += g0 + ys @ g1
+                grad_y[..., ks, :] += us @ g1.transpose(-1, -2)
+                if order >= 2:  # S2 = R / 2: d loss / d R = G2 / 2
+                    grad_values[..., ks, :] += _outer(ys) @ g2 * 0.5
+                    grad_y[..., ks, :] += _symmetric_matvec(us @ g2.transpose(-1, -2), ys)
+            xs, gs = x[..., qs, :], grad_mixed[..., qs, :]
+            if qs.stop == 0:
+                break
+            step = (gs.sum(-2, keepdim=True), xs.transpose(-1, -2) @ gs,
+                    _outer(xs).transpose(-1, -2) @ gs if order >= 2 else None)
+            if g0 is None:
+                g0, g1, g2 = step
+            else:
+                g0, g1 = g0 + step[0], g1 + step[1]
+                g2 = g2 + step[2] if order >= 2 else None
+        grad_v = grad_values[..., :-1]
+        if valid is not None:
+            valid = valid[:, None, :, None].to(grad_v.dtype)
+            grad_v, grad_y = grad_v * valid, grad_y * valid
+        return grad_x, grad_y, grad_v, None, None, None
+
+
 def taylor_noncausal(
     x: Tensor, y: Tensor, v: Tensor, *, order: int, key_valid: Tensor | None
 ) -> Tensor:
@@ -129,3 +245,14 @@ def taylor_noncausal(
     if order > 2:
         raise ValueError(f"the chunked Taylor path handles order <= 2, got {order}")
     return _TaylorNonCausal.apply(x, y, v, key_valid, order)
+
+
+def taylor_causal(
+    x: Tensor, y: Tensor, v: Tensor, *, order: int, key_valid: Tensor | None, chunk_size: int
+) -> Tensor:
+    """Causal `taylor_noncausal`: the n queries are the last n of the m >= n keys."""
+    if order > 2:
+        raise ValueError(f"the chunked Taylor path handles order <= 2, got {order}")
+    if y.shape[-2] < x.shape[-2]:
+        raise ValueError(f"causal attention needs m >= n keys, got m={y.shape[-2]} < n={x.shape[-2]}")
+    return _TaylorCausal.apply(x, y, v, key_valid, order, chunk_size)
