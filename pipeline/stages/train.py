@@ -336,7 +336,11 @@ def train_and_evaluate(
     # One dataset over the three files: each Ray Data execution costs seconds of start-up,
     # and the workers route the rows back to their split by file name.
     files = [f"{job.data_uri.rstrip('/')}/{split}.parquet" for split in splits]
-    datasets = {DATASET: ray.data.read_parquet(files, include_paths=True)}
+    dataset = ray.data.read_parquet(files, include_paths=True)
+    # Every worker re-reads this stream for each pass; their progress bars would go on printing
+    # through the driver's console after the run's summary. Training logs its own progress.
+    dataset.context.enable_progress_bars = False
+    datasets = {DATASET: dataset}
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"job": job},
