@@ -1,4 +1,4 @@
-"""Non-causal Taylor-softmax attention of order <= 2 without materialising (n, D_p) features.
+"""Taylor-softmax attention of order <= 2 without materialising (n, D_p) features.
 
 T_2(x.y) = 1 + x.y + (x.y)^2 / 2, and (x.y)^2 = vec(x x^T) . vec(y y^T). With values
 u_j = [v_j, 1] (the last column gives the normaliser), the key side reduces to three moments
@@ -15,6 +15,9 @@ recomputed, and the symmetry of S2 and of its gradient turns each channel gradie
 matrix-vector product per position. Cost O(n f^2 d) multiply-adds in 6 matrix products (2
 forward, 4 backward): it beats softmax's O(n^2 d) only for n well above f^2 (see the README's
 benchmarks; `feature_dim` projects q and k down to a smaller f first).
+
+Causal (`taylor_causal`): the same moments, accumulated chunk by chunk, serve the earlier chunks'
+keys; inside a chunk the masked C x C kernel T(x_i . y_j) is applied directly.
 """
 
 from __future__ import annotations
