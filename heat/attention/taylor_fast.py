@@ -70,84 +70,109 @@ def _spans(length: int, chunk: int):
     return [slice(start, start + chunk) for start in range(0, length, chunk)]
 
 
+class _Moments:
+    """Moments (S0, S1, S2) of rows y with weights u: S0 = sum_j u_j, S1 = sum_j y_j u_j^T and,
+    for order 2, S2 = 1/2 sum_j vec(y_j y_j^T) u_j^T, so that phi(x) . S = `apply(x)`.
+
+    The same form serves both directions: the keys' moments with u = [v, 1], and the queries'
+    moments with u = d loss / d mixed, which are the gradient of the loss with respect to the
+    keys' moments (with the 1/2 of S2 folded in). Long inputs are taken in chunks of f^2-wide
+    outer products that fit the cache (`_chunk`)."""
+
+    def __init__(self, y: Tensor, u: Tensor, order: int) -> None:
+        self.order = order
+        self.s0 = u.sum(-2, keepdim=True)  # (.., 1, e)
+        self.s1 = y.transpose(-1, -2) @ u  # (.., f, e)
+        self.s2 = None
+        if order >= 2:  # (.., f^2, e)
+            self.s2 = y.new_zeros(*y.shape[:-2], y.shape[-1] ** 2, u.shape[-1])
+            self._add_s2(y, u)
+
+    def add(self, y: Tensor, u: Tensor) -> None:
+        """Add the moments of more rows, in place."""
+        self.s0 += u.sum(-2, keepdim=True)
+        self.s1 += y.transpose(-1, -2) @ u
+        if self.order >= 2:
+            self._add_s2(y, u)
+
+    def _add_s2(self, y: Tensor, u: Tensor) -> None:
+        half = u * 0.5  # the 1/2 on the (C, e) weights, not on the (f^2, e) product
+        for span in _spans(y.shape[-2], _chunk(y)):
+            self.s2 += _outer(y[..., span, :]).transpose(-1, -2) @ half[..., span, :]
+
+    def apply(self, x: Tensor) -> Tensor:
+        """phi(x) . S for rows x: (.., C, f) -> (.., C, e)."""
+        out = self.s0 + x @ self.s1
+        if self.order >= 2:
+            for span in _spans(x.shape[-2], _chunk(x)):
+                out[..., span, :] += _outer(x[..., span, :]) @ self.s2
+        return out
+
+    def apply_backward(self, x: Tensor, grad: Tensor) -> Tensor:
+        """d/dx of sum(grad * apply(x)): (.., C, f). For S2 (symmetric in its two channel
+        indices), d/dx of vec(x x^T) S2 g is 2 M x with M = S2 g as an f x f matrix."""
+        out = grad @ self.s1.transpose(-1, -2)
+        if self.order >= 2:
+            for span in _spans(x.shape[-2], _chunk(x)):
+                out[..., span, :] += 2 * _symmetric_matvec(
+                    grad[..., span, :] @ self.s2.transpose(-1, -2), x[..., span, :])
+        return out
+
+
+def _weights(v: Tensor, valid: Tensor | None) -> Tensor:
+    """u = [v, 1] per key, zeroed for padded keys: they add nothing to numerator or normaliser."""
+    values = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+    if valid is not None:
+        values = values * valid[:, None, :, None].to(v.dtype)
+    return values
+
+
+def _normalise(mixed: Tensor) -> tuple[Tensor, Tensor]:
+    """out = numerator / clamped normaliser, and the clamped normaliser signed negative where the
+    clamp acted (there it is a constant: no gradient flows through it)."""
+    normaliser = mixed[..., -1:]
+    denominator = normaliser.clamp_min(NORMALISER_EPS)
+    out = mixed[..., :-1] / denominator
+    return out, torch.where(normaliser > NORMALISER_EPS, denominator, -denominator)
+
+
+def _grad_mixed(grad: Tensor, out: Tensor, signed_denominator: Tensor) -> Tensor:
+    """d loss / d mixed from d loss / d out: the numerator's columns, then the normaliser's."""
+    kept = signed_denominator > 0
+    denominator = signed_denominator.abs()
+    return torch.cat(
+        [grad / denominator, -(grad * out).sum(-1, keepdim=True) / denominator * kept], dim=-1
+    )
+
+
+def _key_grads(grad_values: Tensor, grad_y: Tensor, valid: Tensor | None):
+    """(d/dy, d/dv) with padded keys' gradients zeroed."""
+    grad_v = grad_values[..., :-1]
+    if valid is not None:
+        valid = valid[:, None, :, None].to(grad_v.dtype)
+        grad_v, grad_y = grad_v * valid, grad_y * valid
+    return grad_y, grad_v
+
+
 class _TaylorNonCausal(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, v, valid, order: int):
-        # [v, 1] with padded keys zeroed: they then add nothing to numerator or normaliser
-        values = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
-        if valid is not None:
-            values = values * valid[:, None, :, None].to(v.dtype)
-        s1 = y.transpose(-1, -2) @ values  # (.., f, d+1)
-        mixed = values.sum(-2, keepdim=True) + x @ s1  # (.., n, d+1)
-        s2 = None
-        if order >= 2:
-            chunk = _chunk(x)
-            s2 = sum(_outer(y[..., span, :]).transpose(-1, -2) @ values[..., span, :]
-                     for span in _spans(y.shape[-2], chunk)) * 0.5  # (.., f^2, d+1)
-            for span in _spans(x.shape[-2], chunk):
-                mixed[..., span, :] += _outer(x[..., span, :]) @ s2
-        normaliser = mixed[..., -1:]
-        denominator = normaliser.clamp_min(NORMALISER_EPS)
-        out = mixed[..., :-1] / denominator
-        # where the normaliser was clamped it is a constant: no gradient flows through it
-        denominator = torch.where(normaliser > NORMALISER_EPS, denominator, -denominator)
-        ctx.save_for_backward(x, y, values, valid, s1, s2, out, denominator)
-        ctx.order = order
+        values = _weights(v, valid)
+        keys = _Moments(y, values, order)
+        out, denominator = _normalise(keys.apply(x))
+        ctx.save_for_backward(x, y, values, valid, out, denominator)
+        ctx.order, ctx.keys = order, keys
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, y, values, valid, s1, s2, out, denominator = ctx.saved_tensors
-        kept = denominator > 0
-        denominator = denominator.abs()
-        # d loss / d mixed: the numerator's columns, then the normaliser's
-        grad_mixed = torch.cat(
-            [grad / denominator, -(grad * out).sum(-1, keepdim=True) / denominator * kept], dim=-1
-        )
-        grad_s1 = x.transpose(-1, -2) @ grad_mixed
-        grad_x = grad_mixed @ s1.transpose(-1, -2)
-        # d loss / d u_j = grad_s0 + y_j grad_s1 [+ vec(y_j y_j^T) grad_s2 / 2]
-        grad_values = grad_mixed.sum(-2, keepdim=True) + y @ grad_s1
-        grad_y = values @ grad_s1.transpose(-1, -2)
-        if ctx.order >= 2:
-            chunk = _chunk(x)
-            grad_s2 = torch.zeros_like(s2)
-            for span in _spans(x.shape[-2], chunk):
-                xs, gs = x[..., span, :], grad_mixed[..., span, :]
-                grad_s2 += _outer(xs).transpose(-1, -2) @ gs
-                # d/dx of vec(x x^T) S2 g = 2 M x, M = (S2 g) as a symmetric f x f matrix
-                grad_x[..., span, :] += 2 * _symmetric_matvec(gs @ s2.transpose(-1, -2), xs)
-            grad_s2 *= 0.5  # S2 = R / 2, R = sum_j vec(y_j y_j^T) u_j^T
-            for span in _spans(y.shape[-2], chunk):
-                ys, us = y[..., span, :], values[..., span, :]
-                grad_values[..., span, :] += _outer(ys) @ grad_s2
-                grad_y[..., span, :] += 2 * _symmetric_matvec(us @ grad_s2.transpose(-1, -2), ys)
-        grad_v = grad_values[..., :-1]
-        if valid is not None:
-            valid = valid[:, None, :, None].to(grad_v.dtype)
-            grad_v, grad_y = grad_v * valid, grad_y * valid
-        return grad_x, grad_y, grad_v, None, None
-
-
-class _Moments:
-    """The running key moments (S0, S1, S2) of the causal path; S2 only for order 2."""
-
-    def __init__(self, y: Tensor, values: Tensor, order: int) -> None:
-        self.order = order
-        self.s0 = values.sum(-2, keepdim=True)
-        self.s1 = y.transpose(-1, -2) @ values
-        self.s2 = _outer(y).transpose(-1, -2) @ values * 0.5 if order >= 2 else None
-
-    def add(self, y: Tensor, values: Tensor) -> None:
-        self.s0 = self.s0 + values.sum(-2, keepdim=True)
-        self.s1 = self.s1 + y.transpose(-1, -2) @ values
-        if self.order >= 2:
-            self.s2 = self.s2 + _outer(y).transpose(-1, -2) @ values * 0.5
-
-    def apply(self, x: Tensor) -> Tensor:
-        """phi(x) S for queries x: (.., C, f) -> (.., C, d+1)."""
-        mixed = self.s0 + x @ self.s1
-        return mixed + _outer(x) @ self.s2 if self.order >= 2 else mixed
+        x, y, values, valid, out, denominator = ctx.saved_tensors
+        grad_mixed = _grad_mixed(grad, out, denominator)
+        queries = _Moments(x, grad_mixed, ctx.order)  # d loss / d (the keys' moments)
+        grad_x = ctx.keys.apply_backward(x, grad_mixed)
+        grad_values = queries.apply(y)
+        grad_y = queries.apply_backward(y, values)
+        return grad_x, *_key_grads(grad_values, grad_y, valid), None, None
 
 
 def _polynomial(s: Tensor, order: int) -> tuple[Tensor, Tensor]:
@@ -172,22 +197,17 @@ class _TaylorCausal(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, v, valid, order: int, chunk: int):
-        values = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
-        if valid is not None:
-            values = values * valid[:, None, :, None].to(v.dtype)
+        values = _weights(v, valid)
         n, m = x.shape[-2], y.shape[-2]
         offset = m - n  # keys before the first query: visible to every query (cached decoding)
-        moments = _Moments(y[..., :offset, :], values[..., :offset, :], order)
+        keys = _Moments(y[..., :offset, :], values[..., :offset, :], order)
         mixed = torch.empty(*x.shape[:-1], values.shape[-1], dtype=x.dtype, device=x.device)
         for qs, ks in _causal_spans(n, offset, chunk):
             xs, ys, us = x[..., qs, :], y[..., ks, :], values[..., ks, :]
             kernel = torch.tril(_polynomial(xs @ ys.transpose(-1, -2), order)[0])
-            mixed[..., qs, :] = kernel @ us + moments.apply(xs)
-            moments.add(ys, us)
-        normaliser = mixed[..., -1:]
-        denominator = normaliser.clamp_min(NORMALISER_EPS)
-        out = mixed[..., :-1] / denominator
-        denominator = torch.where(normaliser > NORMALISER_EPS, denominator, -denominator)
+            mixed[..., qs, :] = kernel @ us + keys.apply(xs)
+            keys.add(ys, us)
+        out, denominator = _normalise(mixed)
         ctx.save_for_backward(x, y, values, valid, out, denominator)
         ctx.order, ctx.chunk = order, chunk
         return out
@@ -196,53 +216,30 @@ class _TaylorCausal(torch.autograd.Function):
     def backward(ctx, grad):
         x, y, values, valid, out, denominator = ctx.saved_tensors
         order, chunk = ctx.order, ctx.chunk
-        kept = denominator > 0
-        denominator = denominator.abs()
-        grad_mixed = torch.cat(
-            [grad / denominator, -(grad * out).sum(-1, keepdim=True) / denominator * kept], dim=-1
-        )
+        grad_mixed = _grad_mixed(grad, out, denominator)
         n, m = x.shape[-2], y.shape[-2]
         offset = m - n
         spans = _causal_spans(n, offset, chunk)
         grad_x, grad_y, grad_values = (torch.zeros_like(t) for t in (x, y, values))
         # sweep 1, forward: the queries' side, and the exact in-chunk terms
-        moments = _Moments(y[..., :offset, :], values[..., :offset, :], order)
+        keys = _Moments(y[..., :offset, :], values[..., :offset, :], order)
         for qs, ks in spans:
             xs, ys, us, gs = x[..., qs, :], y[..., ks, :], values[..., ks, :], grad_mixed[..., qs, :]
             kernel, slope = _polynomial(xs @ ys.transpose(-1, -2), order)
             kernel, slope = torch.tril(kernel), torch.tril(slope)
             grad_values[..., ks, :] += kernel.transpose(-1, -2) @ gs
             grad_scores = (gs @ us.transpose(-1, -2)) * slope  # d loss / d (x_i . y_j)
-            grad_x[..., qs, :] += grad_scores @ ys + gs @ moments.s1.transpose(-1, -2)
+            grad_x[..., qs, :] += grad_scores @ ys + keys.apply_backward(xs, gs)
             grad_y[..., ks, :] += grad_scores.transpose(-1, -2) @ xs
-            if order >= 2:
-                grad_x[..., qs, :] += 2 * _symmetric_matvec(gs @ moments.s2.transpose(-1, -2), xs)
-            moments.add(ys, us)
-        # sweep 2, backward: G = what the queries after a chunk asked of its keys' moments
-        g0 = g1 = g2 = None
+            keys.add(ys, us)
+        # sweep 2, backward: what the queries after a chunk asked of its keys' moments
+        later = _Moments(x[..., :0, :], grad_mixed[..., :0, :], order)  # zeros
         for qs, ks in reversed([(slice(0, 0), slice(0, offset)), *spans]):
             ys, us = y[..., ks, :], values[..., ks, :]
-            if g0 is not None:
-                grad_values[..., ks, :] += g0 + ys @ g1
-                grad_y[..., ks, :] += us @ g1.transpose(-1, -2)
-                if order >= 2:  # S2 = R / 2: d loss / d R = G2 / 2
-                    grad_values[..., ks, :] += _outer(ys) @ g2 * 0.5
-                    grad_y[..., ks, :] += _symmetric_matvec(us @ g2.transpose(-1, -2), ys)
-            xs, gs = x[..., qs, :], grad_mixed[..., qs, :]
-            if qs.stop == 0:
-                break
-            step = (gs.sum(-2, keepdim=True), xs.transpose(-1, -2) @ gs,
-                    _outer(xs).transpose(-1, -2) @ gs if order >= 2 else None)
-            if g0 is None:
-                g0, g1, g2 = step
-            else:
-                g0, g1 = g0 + step[0], g1 + step[1]
-                g2 = g2 + step[2] if order >= 2 else None
-        grad_v = grad_values[..., :-1]
-        if valid is not None:
-            valid = valid[:, None, :, None].to(grad_v.dtype)
-            grad_v, grad_y = grad_v * valid, grad_y * valid
-        return grad_x, grad_y, grad_v, None, None, None
+            grad_values[..., ks, :] += later.apply(ys)
+            grad_y[..., ks, :] += later.apply_backward(ys, us)
+            later.add(x[..., qs, :], grad_mixed[..., qs, :])
+        return grad_x, *_key_grads(grad_values, grad_y, valid), None, None, None
 
 
 def taylor_noncausal(
