@@ -25,12 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from heat.attention.base import AttentionKernel, Capabilities
-from heat.attention.registry import REGISTRY, build_attention
-from heat.attention.specs import (
+from heat.attention import (
+    REGISTRY,
+    AttentionKernel,
     AttentionSpec,
+    Capabilities,
     SoftmaxSpec,
     SpecError,
+    build_attention,
     spec_from_dict,
     spec_to_dict,
 )

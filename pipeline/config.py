@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heat.attention.specs import SpecError, spec_from_dict
+from heat.attention import SpecError, spec_from_dict
 from heat.models import SITES, AttentionSites
 from heat.validation import ConfigError, check_int
 from pipeline.configtools import apply_overrides, build, load_yaml

@@ -21,7 +21,7 @@ from functools import cached_property
 from typing import Any, Literal
 
 from heat.attention import AttentionSpec, spec_from_dict
-from heat.attention.specs import SpecError
+from heat.attention import SpecError
 from heat.models import AttentionSites, ClassifierConfig, Seq2SeqConfig
 from heat.validation import (
     ConfigError,
