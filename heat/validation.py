@@ -11,11 +11,27 @@ from typing import Any
 
 
 class ConfigError(ValueError):
-    """A bad config value. `field` is the dotted name of the offending field."""
+    """A bad config value. `field` is the dotted name of the offending field, `message` what is
+    wrong with it; `str(error)` is `"{field}: {message}"`.
+
+    A caller that knows where the checked value sits re-keys the error with `within` (prefix the
+    field with the enclosing path) or `renamed` (replace the field), keeping the message and the
+    class. Subclasses keep the `(field, message)` constructor so both can rebuild them.
+    """
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.message = message
+
+    def renamed(self, field: str) -> ConfigError:
+        """The same error (same class and message) about `field`."""
+        return type(self)(field, self.message)
+
+    def within(self, prefix: str) -> ConfigError:
+        """The same error with its field nested under `prefix`: `"{prefix}.{field}"`
+        (the field alone when `prefix` is empty)."""
+        return self.renamed(f"{prefix}.{self.field}" if prefix else self.field)
 
 
 def _is_number(value: Any) -> bool:
