@@ -35,8 +35,7 @@ from typing import Any
 
 import torch
 
-from heat.attention import build_attention
-from heat.attention.specs import spec_from_dict, spec_to_dict
+from heat.attention import build_attention, spec_from_dict, spec_to_dict
 
 logger = logging.getLogger(__name__)
 

@@ -3,32 +3,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from heat.attention import (
-    REGISTRY,
-    HadamardSpec,
-    HeatSpec,
-    LinformerSpec,
-    NystromSpec,
-    SoftmaxSpec,
-    TaylorSpec,
-)
+from heat.attention.registry import ordered_variants
 
-# One or more specs per registry entry, small enough for fast tests; chunk sizes that do not
-# divide the test lengths, so that ragged last chunks are exercised.
+# One or more specs per registry entry, small enough for fast tests, from each spec's
+# `contract_examples()` (chunk sizes that do not divide the test lengths, so that ragged last
+# chunks are exercised), by test id, in listing order.
 CONTRACT_SPECS = {
-    "softmax": SoftmaxSpec(),
-    "linformer": LinformerSpec(rank=8, max_length=64),
-    "linformer-none": LinformerSpec(rank=8, max_length=64, sharing="none"),
-    "nystrom": NystromSpec(landmarks=4, pinv_iterations=8),
-    "nystrom-conv": NystromSpec(landmarks=4, conv_kernel=3),
-    "hadamard": HadamardSpec(chunk_size=5),
-    "heat-svd": HeatSpec(rank=6, chunk_size=7),
-    "heat-taylor": HeatSpec(rank=6, basis="taylor", chunk_size=7),
-    "taylor": TaylorSpec(order=2, chunk_size=7),
-    "taylor-projected": TaylorSpec(order=4, feature_dim=4, chunk_size=7),
+    spec_id: spec
+    for entry in ordered_variants()
+    for spec_id, spec in entry.spec.contract_examples().items()
 }
 
-assert {spec.name for spec in CONTRACT_SPECS.values()} == set(REGISTRY), (
+assert sum(len(entry.spec.contract_examples()) for entry in ordered_variants()) == len(
+    CONTRACT_SPECS
+), "contract example ids must be unique across variants"
+assert {spec.name for spec in CONTRACT_SPECS.values()} == {e.name for e in ordered_variants()}, (
     "every registered variant needs a contract spec"
 )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -85,3 +87,39 @@ def test_bad_call_shapes_and_masks():
         kernel(x[0], x[0], x[0])
     with pytest.raises(ValueError, match="key_padding_mask must be a bool tensor of shape"):
         kernel(x, x, x, key_padding_mask=torch.zeros(1, 8))
+
+
+def test_discovery_imports_the_modules_that_register_a_variant(tmp_path, monkeypatch):
+    from heat.attention import discovery
+    from heat.attention.registry import unregister
+
+    package = tmp_path / "extra_variants"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helper.py").write_text('raise ImportError("registers nothing: not imported")\n')
+    (package / "notes.py").write_text(
+        '"""How to add one:\n\n    @register(MySpec)\n    class MyKernel: ..."""\n'
+        'raise ImportError("only mentions @register( in a docstring: not imported")\n'
+    )
+    (package / "relu.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from typing import ClassVar\n"
+        "from heat.attention import AttentionKernel, AttentionSpec, Capabilities\n"
+        "from heat.attention.registry import register\n\n\n"
+        "@dataclass(frozen=True, kw_only=True)\n"
+        "class ReluSpec(AttentionSpec):\n"
+        "    name: ClassVar[str] = 'discovered_relu'\n\n\n"
+        "@register(ReluSpec)\n"
+        "class ReluKernel(AttentionKernel):\n"
+        "    capabilities = Capabilities(causal=False, cross=True, fixed_max_length=False)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = [str(package)]
+    assert discovery.variant_modules("extra_variants", path) == ["extra_variants.relu"]
+    try:
+        assert discovery.import_variant_modules("extra_variants", path) == ["extra_variants.relu"]
+        assert "discovered_relu" in variant_names()
+    finally:
+        unregister("discovered_relu")
+        for name in ("extra_variants.relu", "extra_variants"):
+            sys.modules.pop(name, None)

@@ -103,3 +103,78 @@ def test_cli_rejects_bad_arguments_with_exit_code_2():
     result = run_cli("demo-attention", "--length", "0")
     assert result.returncode == 2
     assert "--length: must be a positive integer, got 0" in result.stderr
+
+
+def import_graph(package_dir: Path, package: str) -> dict[str, set[str]]:
+    """Module -> the modules of the same package it imports, anywhere in its source (module
+    level, inside functions, under `if TYPE_CHECKING:`): an import moved into a function still
+    counts. The package's `__init__` is the node `package`."""
+    modules = {path.stem: path for path in package_dir.glob("*.py")}
+
+    def node(name: str) -> str:
+        return package if name == "__init__" else f"{package}.{name}"
+
+    def target(module: str) -> str | None:
+        if module == package:
+            return package
+        if module.startswith(package + "."):
+            return f"{package}.{module[len(package) + 1:].split('.')[0]}"
+        return None
+
+    graph: dict[str, set[str]] = {}
+    for stem, path in modules.items():
+        edges = graph.setdefault(node(stem), set())
+        for item in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(item, ast.Import):
+                found = [target(alias.name) for alias in item.names]
+            elif isinstance(item, ast.ImportFrom):
+                base = item.module or ""
+                if item.level:  # relative: from the package itself (flat package)
+                    base = package + ("." + base if base else "")
+                found = [target(base)]
+                if base == package:  # `from package import submodule`
+                    found = [f"{package}.{a.name}" if a.name in modules else package
+                             for a in item.names]
+            else:
+                continue
+            edges.update(name for name in found if name and name != node(stem))
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of `graph` as [a, b, ..., a], or None."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        state[name] = "open"
+        stack.append(name)
+        for other in sorted(graph.get(name, ())):
+            if state.get(other) == "open":
+                return stack[stack.index(other):] + [other]
+            if other not in state and (cycle := visit(other)):
+                return cycle
+        stack.pop()
+        state[name] = "done"
+        return None
+
+    for name in sorted(graph):
+        if name not in state and (cycle := visit(name)):
+            return cycle
+    return None
+
+
+def test_heat_attention_modules_import_each_other_without_a_cycle():
+    graph = import_graph(ROOT / "heat" / "attention", "heat.attention")
+    assert "heat.attention.registry" in graph["heat.attention.base"]  # the graph is not empty
+    assert find_cycle(graph) is None
+
+
+def test_the_cycle_check_sees_an_import_hidden_in_a_function(tmp_path):
+    (tmp_path / "__init__.py").write_text("")
+    (tmp_path / "a.py").write_text("from pkg.b import helper\n")
+    (tmp_path / "b.py").write_text("def helper():\n    from pkg import a\n    return a\n")
+    (tmp_path / "c.py").write_text("from . import a\n")
+    graph = import_graph(tmp_path, "pkg")
+    assert graph == {"pkg": set(), "pkg.a": {"pkg.b"}, "pkg.b": {"pkg.a"}, "pkg.c": {"pkg.a"}}
+    assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.a"]

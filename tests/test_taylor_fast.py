@@ -7,9 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from heat.attention import build_attention
-from heat.attention import taylor_fast
-from heat.attention.specs import TaylorSpec
+from heat.attention import TaylorSpec, build_attention, taylor_fast
 
 
 def run(implementation, order, feature_dim, n, m, mask, causal=False, chunk_size=128):

@@ -16,10 +16,12 @@ Shape convention in every kernel file: B batch, H heads, n queries, m keys, d he
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from heat.attention.registry import causal_variant_names
 
 
 @dataclass(frozen=True)
@@ -41,12 +43,20 @@ class Capabilities:
 class AttentionKernel(nn.Module):
     """Base class of all variants: validates a call, then hands it to `_attend`.
 
-    Subclasses set `name` and `capabilities`, take `(spec, *, head_dim, num_heads, shared)` in
-    their constructor and implement `_attend` with the same keyword arguments as `forward`.
+    Subclasses set `capabilities`, take `(spec, *, head_dim, num_heads, shared)` in their
+    constructor and implement `_attend` with the same keyword arguments as `forward`;
+    `@registry.register(SpecClass)` sets `name`. The rest describes the kernel's cost to
+    `heat-pipeline bench attention` (which skips sizes it predicts to be hopeless) and has
+    defaults that fit a linear-time kernel.
     """
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
+    time_exponent: ClassVar[int] = 1
+    """A call's time grows as n ** time_exponent at large n (2 for the quadratic kernels)."""
+    bandwidth_bound: ClassVar[bool] = False
+    """Its fast path reads q, k, v about once per pass, so the benchmark reports its achieved
+    memory bandwidth against the device's peak (on CUDA)."""
 
     def __init__(self, *, head_dim: int, num_heads: int) -> None:
         super().__init__()
@@ -113,6 +123,15 @@ class AttentionKernel(nn.Module):
         _check_mask("key_padding_mask", key_padding_mask, k.shape[0], k.shape[2])
         _check_mask("query_padding_mask", query_padding_mask, q.shape[0], q.shape[2])
 
+    def estimated_bytes(self, *, batch: int, n: int, itemsize: int) -> float:
+        """A coarse upper estimate of what one forward+backward at n = m holds."""
+        return 16.0 * batch * self.num_heads * n * self.head_dim * itemsize * 8
+
+    def describe_run(self, device: torch.device, *, causal: bool) -> dict[str, Any]:
+        """Facts about how this kernel runs on `device` (e.g. which implementation it picks),
+        recorded with each benchmark result."""
+        return {}
+
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, num_heads={self.num_heads}"
 
@@ -125,12 +144,6 @@ def _check_mask(field: str, mask: Tensor | None, batch: int, length: int) -> Non
             f"{field} must be a bool tensor of shape ({batch}, {length}) with True at padding; "
             f"got dtype {mask.dtype}, shape {tuple(mask.shape)}"
         )
-
-
-def causal_variant_names() -> list[str]:
-    from heat.attention.registry import REGISTRY
-
-    return sorted(name for name, entry in REGISTRY.items() if entry.kernel.capabilities.causal)
 
 
 def keep_mask(

@@ -10,7 +10,8 @@ is O(chunk_size * m * d) per head. Causal-capable.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -18,7 +19,28 @@ from torch import Tensor
 from heat.attention.base import AttentionKernel, Capabilities, keep_mask
 from heat.attention.linear import accumulation_dtype
 from heat.attention.registry import register
-from heat.attention.specs import HadamardSpec
+from heat.attention.specs import AttentionSpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class HadamardSpec(AttentionSpec):
+    """Exact per-channel (Hadamard-product) attention with bounded inputs R tanh(x / R)."""
+
+    name: ClassVar[str] = "hadamard"
+    listing_order: ClassVar[int] = 40
+
+    bound: float = 3.0
+    """R: queries and keys are squashed into [-R, R] per channel."""
+    chunk_size: int = 64
+    """Queries processed at a time; memory is O(chunk_size * m * d) per head."""
+
+    def __post_init__(self) -> None:
+        self.check_float("bound", 0.0, 20.0)
+        self.check_int("chunk_size", 1, 1 << 16)
+
+    @classmethod
+    def contract_examples(cls) -> dict[str, HadamardSpec]:
+        return {"hadamard": cls(chunk_size=5)}
 
 
 def bounded(x: Tensor, bound: float) -> Tensor:
@@ -29,6 +51,7 @@ def bounded(x: Tensor, bound: float) -> Tensor:
 @register(HadamardSpec)
 class HadamardAttention(AttentionKernel):
     capabilities = Capabilities(causal=True, cross=True, fixed_max_length=False)
+    time_exponent = 2
 
     def __init__(
         self, spec: HadamardSpec, *, head_dim: int, num_heads: int, shared: dict[str, Any] | None = None
@@ -61,3 +84,8 @@ class HadamardAttention(AttentionKernel):
         if empty is not None:
             out = out.masked_fill(empty, 0.0)
         return out.to(q.dtype)
+
+    def estimated_bytes(self, *, batch: int, n: int, itemsize: int) -> float:
+        """The (chunk, m, d) logits, their softmax and gradients, one query chunk at a time."""
+        rows = batch * self.num_heads
+        return 4.0 * rows * min(self.spec.chunk_size, n) * n * self.head_dim * itemsize

@@ -14,24 +14,99 @@ chunked prefix sums. Accumulation in fp32 (fp64 for fp64 inputs).
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from heat.attention.base import AttentionKernel, Capabilities
-from heat.attention.exp_basis import polynomial_coefficients
+from heat.attention.exp_basis import fit_report, polynomial_coefficients, svd_max_rank
 from heat.attention.folded import folded_heat
 from heat.attention.fused import fused_available, fused_heat, kernel_layout
-from heat.attention.hadamard import bounded
+from heat.attention.hadamard import HadamardSpec, bounded
 from heat.attention.linear import NORMALISER_EPS, accumulation_dtype, linear_attention
 from heat.attention.registry import register
-from heat.attention.specs import HeatSpec
+from heat.attention.specs import AttentionSpec, SpecError, Sweep
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeatSpec(AttentionSpec):
+    """HEAT: `hadamard` with its kernel exp(ab) replaced by a rank-`rank` factorisation."""
+
+    name: ClassVar[str] = "heat"
+    listing_order: ClassVar[int] = 50
+    demo_order: ClassVar[int] = 10
+    sweeps: ClassVar[tuple[Sweep, ...]] = (
+        Sweep("basis", "bases", ("svd",)),
+        Sweep("rank", "ranks", (8,)),
+        Sweep("implementation", "implementations", ("auto",),
+              help="auto, fused, folded, features (compare them side by side)"),
+    )
+    MAX_TAYLOR_RANK: ClassVar[int] = 20
+    IMPLEMENTATIONS: ClassVar[tuple[str, ...]] = ("auto", "fused", "folded", "features")
+
+    rank: int = 8
+    """r, the number of eigenfunctions (svd) or Taylor terms (taylor)."""
+    basis: str = "svd"
+    """'svd': input-weighted eigenfunctions of exp(ab); 'taylor': a^p / sqrt(p!), p < rank."""
+    bound: float = 3.0
+    """R, as in `hadamard`."""
+    sigma: float = 1.0
+    """Standard deviation of the Gaussian input measure the svd basis is optimal for."""
+    quadrature_nodes: int = 24
+    """Gauss-Hermite nodes the svd basis is computed on. The svd rank is bounded by the number of
+    eigenvalues float64 resolves (16 for the defaults R=3, sigma=1, 24 nodes)."""
+    chunk_size: int = 256
+    """Positions per chunk of the causal prefix sums."""
+    implementation: str = "auto"
+    """'folded': moments times C C^T, Horner at the queries, no (n, d, r) tensor (DESIGN.md
+    section 8), in eager PyTorch; 'fused': the same in fused kernels with a hand-written backward
+    (C++ on the CPU, Triton on CUDA), an error where they are unavailable; 'auto': 'fused' where
+    available, else 'folded'; 'features': materialise phi and run plain linear attention (the
+    reference the others are tested against)."""
+
+    def __post_init__(self) -> None:
+        self.check_choice("basis", ("svd", "taylor"))
+        self.check_choice("implementation", self.IMPLEMENTATIONS)
+        self.check_float("bound", 0.0, 20.0)
+        self.check_float("sigma", 0.0, 100.0)
+        self.check_int("quadrature_nodes", 2, 128)
+        self.check_int("chunk_size", 1, 1 << 16)
+        if self.basis == "taylor":
+            self.check_int("rank", 1, self.MAX_TAYLOR_RANK)
+            return
+        high = svd_max_rank(self.bound, self.sigma, self.quadrature_nodes)
+        try:
+            self.check_int("rank", 1, high)
+        except SpecError as error:
+            raise self.error("rank", (
+                f"{error.message} (ranks above {high} are float64 round-off of "
+                f"the kernel with bound={self.bound}, sigma={self.sigma}, "
+                f"quadrature_nodes={self.quadrature_nodes})"
+            )) from None
+
+    def exact_counterpart(self) -> HadamardSpec:
+        return HadamardSpec(bound=self.bound)
+
+    @classmethod
+    def contract_examples(cls) -> dict[str, HeatSpec]:
+        return {"heat-svd": cls(rank=6, chunk_size=7),
+                "heat-taylor": cls(rank=6, basis="taylor", chunk_size=7)}
+
+    @classmethod
+    def demo_examples(cls, length: int) -> dict[str, HeatSpec]:
+        specs = [cls(rank=rank, basis=basis) for basis in ("svd", "taylor") for rank in (4, 8, 12)]
+        return {spec.describe("rank", "basis"): spec for spec in specs}
+
+    def label(self) -> str:
+        return f"heat {self.basis} r{self.rank}"
 
 
 @register(HeatSpec)
 class HeatAttention(AttentionKernel):
     capabilities = Capabilities(causal=True, cross=True, fixed_max_length=False)
+    bandwidth_bound = True
 
     def __init__(
         self, spec: HeatSpec, *, head_dim: int, num_heads: int, shared: dict[str, Any] | None = None
@@ -98,6 +173,11 @@ class HeatAttention(AttentionKernel):
                 f"the log); use implementation: auto or folded"
             )
         return "folded"
+
+    def describe_run(self, device: torch.device, *, causal: bool) -> dict[str, Any]:
+        s = self.spec
+        return {"fit": fit_report(s.basis, s.bound, s.sigma, s.rank, s.quadrature_nodes),
+                "implementation": self.implementation_for(device, causal)}
 
     def _folded(self, a, b, v, key_padding_mask, causal, floor) -> Tensor:
         valid = None if key_padding_mask is None else (

@@ -12,7 +12,8 @@ sharing); `sharing` says whether E = F and whether one projection serves every l
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,53 @@ from torch import Tensor, nn
 
 from heat.attention.base import AttentionKernel, Capabilities
 from heat.attention.registry import register
-from heat.attention.specs import LinformerSpec
+from heat.attention.softmax import SoftmaxSpec
+from heat.attention.specs import AttentionSpec, Sweep
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinformerSpec(AttentionSpec):
+    """Linformer: keys and values projected along the sequence axis to `rank` rows."""
+
+    name: ClassVar[str] = "linformer"
+    listing_order: ClassVar[int] = 20
+    demo_order: ClassVar[int] = 40
+    sweeps: ClassVar[tuple[Sweep, ...]] = (Sweep("rank", "ranks", (256,)),)
+    MAX_RANK: ClassVar[int] = 4096
+
+    rank: int = 64
+    """k, the number of projected key/value rows."""
+    max_length: int = 512
+    """L, the longest key sequence the projections accept (shorter ones are zero-padded)."""
+    sharing: str = "kv"
+    """'none': separate E and F; 'kv': E = F; 'layer': one E = F shared by every layer's site."""
+
+    def __post_init__(self) -> None:
+        self.check_int("max_length", 1, 1 << 20)
+        self.check_int("rank", 1, min(self.MAX_RANK, self.max_length))
+        self.check_choice("sharing", ("none", "kv", "layer"))
+
+    def exact_counterpart(self) -> SoftmaxSpec:
+        return SoftmaxSpec()
+
+    @classmethod
+    def for_length(cls, max_length: int, **params: Any) -> Self:
+        """Projections of `max_length` columns; a rank above it is lowered to it."""
+        rank = min(params.pop("rank", cls.rank), max_length)
+        return cls(**params, rank=rank, max_length=max_length)
+
+    @classmethod
+    def contract_examples(cls) -> dict[str, LinformerSpec]:
+        return {"linformer": cls(rank=8, max_length=64),
+                "linformer-none": cls(rank=8, max_length=64, sharing="none")}
+
+    @classmethod
+    def demo_examples(cls, length: int) -> dict[str, LinformerSpec]:
+        return {f"rank={rank}": cls(rank=rank, max_length=length)
+                for rank in (32, 128) if rank <= length}
+
+    def label(self) -> str:
+        return f"linformer k{self.rank}"
 
 SHARED_KEY = "linformer_projection"
 """Key of the layer-shared projection in the model's `shared` dict."""

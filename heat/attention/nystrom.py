@@ -18,7 +18,8 @@ official implementation) added to the output, for self-attention (n == m).
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +27,49 @@ from torch import Tensor, nn
 
 from heat.attention.base import AttentionKernel, Capabilities
 from heat.attention.registry import register
-from heat.attention.softmax import softmax_attention
-from heat.attention.specs import NystromSpec
+from heat.attention.softmax import SoftmaxSpec, softmax_attention
+from heat.attention.specs import AttentionSpec, Sweep
+
+
+@dataclass(frozen=True, kw_only=True)
+class NystromSpec(AttentionSpec):
+    """Nystromformer: segment-mean landmarks and an iterative pseudo-inverse."""
+
+    name: ClassVar[str] = "nystrom"
+    listing_order: ClassVar[int] = 30
+    demo_order: ClassVar[int] = 30
+    sweeps: ClassVar[tuple[Sweep, ...]] = (Sweep("landmarks", "landmarks", (64,)),)
+
+    landmarks: int = 32
+    """l, the number of landmarks; attention is exact when the key length m <= l."""
+    pinv_iterations: int = 6
+    """Newton-Schulz iterations of the Moore-Penrose pseudo-inverse."""
+    conv_kernel: int = 0
+    """Width of the depthwise convolution skip on V (odd); 0 disables it."""
+
+    def __post_init__(self) -> None:
+        self.check_int("landmarks", 1, 4096)
+        self.check_int("pinv_iterations", 1, 100)
+        self.check_int("conv_kernel", 0, 255)
+        if self.conv_kernel and self.conv_kernel % 2 == 0:
+            raise self.error("conv_kernel", f"must be 0 or odd, got {self.conv_kernel}")
+
+    def exact_counterpart(self) -> SoftmaxSpec:
+        return SoftmaxSpec()
+
+    @classmethod
+    def contract_examples(cls) -> dict[str, NystromSpec]:
+        return {"nystrom": cls(landmarks=4, pinv_iterations=8),
+                "nystrom-conv": cls(landmarks=4, conv_kernel=3)}
+
+    @classmethod
+    def demo_examples(cls, length: int) -> dict[str, NystromSpec]:
+        """Fewer landmarks than positions (with as many or more it is exact)."""
+        return {f"landmarks={count}": cls(landmarks=count)
+                for count in (16, 64) if count < length}
+
+    def label(self) -> str:
+        return f"nystrom l{self.landmarks}"
 
 
 def iterative_pinv(matrix: Tensor, iterations: int) -> Tensor:

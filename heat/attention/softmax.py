@@ -6,19 +6,32 @@ memory-efficient on GPU). Cost O(n m d) time; O(n) extra memory with the fused k
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from heat.attention.base import AttentionKernel, Capabilities, keep_mask
 from heat.attention.registry import register
-from heat.attention.specs import SoftmaxSpec
+from heat.attention.specs import AttentionSpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class SoftmaxSpec(AttentionSpec):
+    """Exact softmax attention through `scaled_dot_product_attention`."""
+
+    name: ClassVar[str] = "softmax"
+    listing_order: ClassVar[int] = 10
+
+    def label(self) -> str:
+        return "softmax (SDPA)"
 
 
 @register(SoftmaxSpec)
 class SoftmaxAttention(AttentionKernel):
     capabilities = Capabilities(causal=True, cross=True, fixed_max_length=False)
+    time_exponent = 2
 
     def __init__(
         self, spec: SoftmaxSpec, *, head_dim: int, num_heads: int, shared: dict[str, Any] | None = None

@@ -1,16 +1,26 @@
-"""Typed, validated specs: one keyword-only dataclass per attention variant.
+"""What every attention spec shares: the `AttentionSpec` base class, `SpecError`, the field checks.
 
 A spec is the whole description of a variant (its name and parameters); `build_attention` turns it
-into a kernel. Specs validate themselves in `__post_init__`, so an impossible value fails when the
-config loads, with a `SpecError` that names the parameter, the value and what is allowed.
+into a kernel. Each variant's spec class lives in the variant's own module, next to its kernel
+(`SoftmaxSpec` in `softmax.py`, `HeatSpec` in `heat.py`, ...): a frozen keyword-only dataclass
+subclassing `AttentionSpec`. Specs validate themselves in `__post_init__` with the `check_*`
+methods, so an impossible value fails when the config loads, with a `SpecError` that names the
+parameter, the value and what is allowed.
+
+Besides its fields a spec class says, with defaults that suit most variants:
+- `exact_counterpart()`: the exact attention it approximates (itself if exact);
+- `contract_examples()`, `demo_examples(length)`: the labelled specs the contract tests and
+  `heat-pipeline demo-attention` run;
+- `sweeps`, `for_length`, `label()`: what `heat-pipeline bench attention` sweeps and how it names
+  a configuration;
+- `listing_order`, `demo_order`: where the variant appears when all of them are listed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, Self
 
 from heat.validation import (
     ConfigError,
@@ -25,216 +35,110 @@ class SpecError(ConfigError):
     """A bad attention spec. `field` is the parameter's name (e.g. 'heat.rank')."""
 
 
-def _check_int(spec: str, field: str, value: Any, low: int, high: int) -> None:
-    _as_spec_error(check_int, f"{spec}.{field}", value, low, high)
+@dataclass(frozen=True)
+class Sweep:
+    """A spec field `heat-pipeline bench attention` sweeps: `--{variant}-{flag} a,b,c` (the
+    variant's name with '_' as '-'); `default` are the values benched when the flag is not given.
+    Values are integers >= `low` when the defaults are integers, words otherwise."""
 
-
-def _check_float(spec: str, field: str, value: Any, low: float, high: float) -> None:
-    _as_spec_error(check_float, f"{spec}.{field}", value, low, high)
-
-
-def _check_choice(spec: str, field: str, value: Any, allowed: tuple[str, ...]) -> None:
-    _as_spec_error(check_choice, f"{spec}.{field}", value, allowed)
-
-
-def _check_bool(spec: str, field: str, value: Any) -> None:
-    _as_spec_error(check_bool, f"{spec}.{field}", value)
-
-
-def _as_spec_error(check, field: str, *args: Any) -> None:
-    try:
-        check(field, *args)
-    except ConfigError as error:
-        raise SpecError(error.field, str(error).split(": ", 1)[1]) from None
+    field: str
+    flag: str
+    default: tuple[int, ...] | tuple[str, ...]
+    low: int = 1
+    help: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
-class SoftmaxSpec:
-    """Exact softmax attention through `scaled_dot_product_attention`."""
+class AttentionSpec:
+    """Base class of every variant's spec (a frozen keyword-only dataclass)."""
 
-    name: ClassVar[str] = "softmax"
+    name: ClassVar[str]
+    """The variant's name in configs and in the registry."""
+    listing_order: ClassVar[int] = 1000
+    """Where the variant appears when all are listed (contract tests, benchmark): lower first,
+    ties by name."""
+    demo_order: ClassVar[int] = 1000
+    """Where its rows appear in `heat-pipeline demo-attention`: lower first, ties by name."""
+    sweeps: ClassVar[tuple[Sweep, ...]] = ()
+    """The fields the benchmark sweeps, in the order of its loops (outermost first)."""
 
+    def exact_counterpart(self) -> AttentionSpec:
+        """The exact attention this spec approximates; an exact variant is its own."""
+        return self
 
-@dataclass(frozen=True, kw_only=True)
-class LinformerSpec:
-    """Linformer: keys and values projected along the sequence axis to `rank` rows."""
+    @property
+    def is_exact(self) -> bool:
+        return self.exact_counterpart() == self
 
-    name: ClassVar[str] = "linformer"
-    MAX_RANK: ClassVar[int] = 4096
+    @classmethod
+    def for_length(cls, max_length: int, **params: Any) -> Self:
+        """The spec with `params` for key sequences of up to `max_length` positions. Variants with
+        a fixed maximum length (`Capabilities.fixed_max_length`) override this to fit it."""
+        return cls(**params)
 
-    rank: int = 64
-    """k, the number of projected key/value rows."""
-    max_length: int = 512
-    """L, the longest key sequence the projections accept (shorter ones are zero-padded)."""
-    sharing: str = "kv"
-    """'none': separate E and F; 'kv': E = F; 'layer': one E = F shared by every layer's site."""
+    @classmethod
+    def contract_examples(cls) -> dict[str, Self]:
+        """Small specs for the contract tests (tests/test_attention_contract.py), by test id
+        (unique across variants), with sequences of at most 64 positions: every path the
+        variant has (chunk sizes that do not divide the tests' lengths, options that change the
+        computation). Default: the default spec."""
+        return {cls.name: cls()}
 
-    def __post_init__(self) -> None:
-        _check_int(self.name, "max_length", self.max_length, 1, 1 << 20)
-        _check_int(self.name, "rank", self.rank, 1, min(self.MAX_RANK, self.max_length))
-        _check_choice(self.name, "sharing", self.sharing, ("none", "kv", "layer"))
+    @classmethod
+    def demo_examples(cls, length: int) -> dict[str, Self]:
+        """The specs `heat-pipeline demo-attention` compares with their exact counterpart at
+        n = m = `length`, keyed by the parameters it prints. Default: the default spec for an
+        approximation, nothing for an exact variant."""
+        spec = cls.for_length(length)
+        return {} if spec.is_exact else {spec.changed_fields(): spec}
 
+    def label(self) -> str:
+        """A short name for tables and plots: the name and the fields that differ from the
+        defaults."""
+        changed = self.changed_fields()
+        return f"{self.name} {changed}" if changed else self.name
 
-@dataclass(frozen=True, kw_only=True)
-class NystromSpec:
-    """Nystromformer: segment-mean landmarks and an iterative pseudo-inverse."""
+    def changed_fields(self) -> str:
+        """'field=value, ...' for the fields that differ from their defaults."""
+        changed = []
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.default is dataclasses.MISSING or value != item.default:
+                changed.append(f"{item.name}={value}")
+        return ", ".join(changed)
 
-    name: ClassVar[str] = "nystrom"
+    def describe(self, *fields: str) -> str:
+        """'field=value, ...' for the given fields."""
+        return ", ".join(f"{field}={getattr(self, field)}" for field in fields)
 
-    landmarks: int = 32
-    """l, the number of landmarks; attention is exact when the key length m <= l."""
-    pinv_iterations: int = 6
-    """Newton-Schulz iterations of the Moore-Penrose pseudo-inverse."""
-    conv_kernel: int = 0
-    """Width of the depthwise convolution skip on V (odd); 0 disables it."""
+    # ------------------------------------------------------------ checks for __post_init__
 
-    def __post_init__(self) -> None:
-        _check_int(self.name, "landmarks", self.landmarks, 1, 4096)
-        _check_int(self.name, "pinv_iterations", self.pinv_iterations, 1, 100)
-        _check_int(self.name, "conv_kernel", self.conv_kernel, 0, 255)
-        if self.conv_kernel and self.conv_kernel % 2 == 0:
-            raise SpecError(f"{self.name}.conv_kernel", f"must be 0 or odd, got {self.conv_kernel}")
+    def error(self, field: str, message: str) -> SpecError:
+        """The error for a bad `field` of this spec (raise it)."""
+        return SpecError(f"{self.name}.{field}", message)
 
+    def check_int(self, field: str, low: int, high: int | None = None) -> None:
+        self._check(check_int, field, low, high)
 
-@dataclass(frozen=True, kw_only=True)
-class HadamardSpec:
-    """Exact per-channel (Hadamard-product) attention with bounded inputs R tanh(x / R)."""
+    def check_float(self, field: str, low: float, high: float) -> None:
+        """A finite number in (low, high]."""
+        self._check(check_float, field, low, high)
 
-    name: ClassVar[str] = "hadamard"
+    def check_choice(self, field: str, allowed: tuple[str, ...]) -> None:
+        self._check(check_choice, field, allowed)
 
-    bound: float = 3.0
-    """R: queries and keys are squashed into [-R, R] per channel."""
-    chunk_size: int = 64
-    """Queries processed at a time; memory is O(chunk_size * m * d) per head."""
+    def check_bool(self, field: str) -> None:
+        self._check(check_bool, field)
 
-    def __post_init__(self) -> None:
-        _check_float(self.name, "bound", self.bound, 0.0, 20.0)
-        _check_int(self.name, "chunk_size", self.chunk_size, 1, 1 << 16)
-
-
-@dataclass(frozen=True, kw_only=True)
-class HeatSpec:
-    """HEAT: `hadamard` with its kernel exp(ab) replaced by a rank-`rank` factorisation."""
-
-    name: ClassVar[str] = "heat"
-    MAX_TAYLOR_RANK: ClassVar[int] = 20
-    IMPLEMENTATIONS: ClassVar[tuple[str, ...]] = ("auto", "fused", "folded", "features")
-
-    rank: int = 8
-    """r, the number of eigenfunctions (svd) or Taylor terms (taylor)."""
-    basis: str = "svd"
-    """'svd': input-weighted eigenfunctions of exp(ab); 'taylor': a^p / sqrt(p!), p < rank."""
-    bound: float = 3.0
-    """R, as in `hadamard`."""
-    sigma: float = 1.0
-    """Standard deviation of the Gaussian input measure the svd basis is optimal for."""
-    quadrature_nodes: int = 24
-    """Gauss-Hermite nodes the svd basis is computed on. The svd rank is bounded by the number of
-    eigenvalues float64 resolves (16 for the defaults R=3, sigma=1, 24 nodes)."""
-    chunk_size: int = 256
-    """Positions per chunk of the causal prefix sums."""
-    implementation: str = "auto"
-    """'folded': moments times C C^T, Horner at the queries, no (n, d, r) tensor (DESIGN.md
-    section 8), in eager PyTorch; 'fused': the same in fused kernels with a hand-written backward
-    (C++ on the CPU, Triton on CUDA), an error where they are unavailable; 'auto': 'fused' where
-    available, else 'folded'; 'features': materialise phi and run plain linear attention (the
-    reference the others are tested against)."""
-
-    def __post_init__(self) -> None:
-        _check_choice(self.name, "basis", self.basis, ("svd", "taylor"))
-        _check_choice(self.name, "implementation", self.implementation, self.IMPLEMENTATIONS)
-        _check_float(self.name, "bound", self.bound, 0.0, 20.0)
-        _check_float(self.name, "sigma", self.sigma, 0.0, 100.0)
-        _check_int(self.name, "quadrature_nodes", self.quadrature_nodes, 2, 128)
-        _check_int(self.name, "chunk_size", self.chunk_size, 1, 1 << 16)
-        if self.basis == "taylor":
-            _check_int(self.name, "rank", self.rank, 1, self.MAX_TAYLOR_RANK)
-            return
-        from heat.attention.exp_basis import svd_max_rank
-
-        high = svd_max_rank(self.bound, self.sigma, self.quadrature_nodes)
+    def _check(self, check, field: str, *args: Any) -> None:
         try:
-            _check_int(self.name, "rank", self.rank, 1, high)
-        except SpecError as error:
-            raise SpecError(error.field, (
-                f"{str(error).split(': ', 1)[1]} (ranks above {high} are float64 round-off of "
-                f"the kernel with bound={self.bound}, sigma={self.sigma}, "
-                f"quadrature_nodes={self.quadrature_nodes})"
-            )) from None
-
-
-@dataclass(frozen=True, kw_only=True)
-class TaylorSpec:
-    """exp(tau q.k) replaced by its order-`order` Taylor polynomial, as feature maps."""
-
-    name: ClassVar[str] = "taylor"
-    MAX_ORDER: ClassVar[int] = 4
-
-    order: int = 2
-    """p, the degree of the Taylor polynomial. Even orders keep every normaliser positive."""
-    feature_dim: int = 0
-    """If > 0, q and k are first projected (learned, per head shared) to this many features."""
-    allow_odd: bool = False
-    """Odd orders can make a normaliser zero or negative; they need this opt-in."""
-    chunk_size: int = 128
-    """Positions per chunk of the causal prefix sums."""
-    implementation: str = "auto"
-    """'auto': order <= 2 (causal or not) runs on the key moments, chunked, with a hand-written
-    backward and no (n, features) tensor (`taylor_fast`); higher orders as 'features': the
-    symmetric feature map materialised, plain linear attention (the reference)."""
-
-    def __post_init__(self) -> None:
-        _check_choice(self.name, "implementation", self.implementation, ("auto", "features"))
-        _check_bool(self.name, "allow_odd", self.allow_odd)
-        _check_int(self.name, "order", self.order, 1, self.MAX_ORDER)
-        _check_int(self.name, "feature_dim", self.feature_dim, 0, 1024)
-        _check_int(self.name, "chunk_size", self.chunk_size, 1, 1 << 16)
-        if self.order % 2 == 1 and not self.allow_odd:
-            raise SpecError(
-                f"{self.name}.order",
-                f"odd order {self.order} can make attention normalisers zero or negative; use an "
-                f"even order (2 or 4) or set allow_odd: true",
-            )
-
-
-AttentionSpec = Union[SoftmaxSpec, LinformerSpec, NystromSpec, HadamardSpec, HeatSpec, TaylorSpec]
-
-
-def spec_from_dict(raw: Mapping[str, Any]) -> AttentionSpec:
-    """Build a spec from a plain mapping such as `{"name": "heat", "rank": 8}`.
-
-    Unknown variants and unknown keys raise `SpecError` listing what is allowed.
-    """
-    from heat.attention.registry import REGISTRY
-
-    if not isinstance(raw, Mapping):
-        raise SpecError("attention", f"must be a mapping with a 'name' key, got {raw!r}")
-    name = raw.get("name")
-    if name not in REGISTRY:
-        raise SpecError(
-            "attention.name", f"unknown variant {name!r}; allowed: {', '.join(sorted(REGISTRY))}"
-        )
-    spec_cls = REGISTRY[name].spec
-    allowed = [f.name for f in dataclasses.fields(spec_cls)]
-    unknown = sorted(set(raw) - set(allowed) - {"name"})
-    if unknown:
-        raise SpecError(
-            f"{name}.{unknown[0]}",
-            f"unknown parameter for variant '{name}'; allowed: {', '.join(allowed) or '(none)'}",
-        )
-    return spec_cls(**{key: value for key, value in raw.items() if key != "name"})
-
-
-def spec_to_dict(spec: AttentionSpec) -> dict[str, Any]:
-    """The inverse of `spec_from_dict` (for tracking the resolved config)."""
-    return {"name": spec.name, **dataclasses.asdict(spec)}
+            check(f"{self.name}.{field}", getattr(self, field), *args)
+        except ConfigError as error:
+            raise SpecError(error.field, error.message) from None
 
 
 def exact_counterpart(spec: AttentionSpec) -> AttentionSpec:
-    """The exact attention a variant approximates: `heat` -> `hadamard` with the same bound,
-    `taylor`, `linformer`, `nystrom` -> `softmax`; exact variants are their own counterpart."""
-    if isinstance(spec, HeatSpec):
-        return HadamardSpec(bound=spec.bound)
-    if isinstance(spec, (TaylorSpec, LinformerSpec, NystromSpec)):
-        return SoftmaxSpec()
-    return spec
+    """The exact attention a variant approximates (`spec.exact_counterpart()`): `heat` ->
+    `hadamard` with the same bound, `taylor`, `linformer`, `nystrom` -> `softmax`; exact variants
+    are their own counterpart."""
+    return spec.exact_counterpart()

@@ -16,7 +16,8 @@ import itertools
 import math
 import warnings
 from collections import Counter
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -24,8 +25,64 @@ from torch import Tensor, nn
 from heat.attention.base import AttentionKernel, Capabilities
 from heat.attention.linear import accumulation_dtype, linear_attention
 from heat.attention.registry import register
-from heat.attention.specs import TaylorSpec
+from heat.attention.softmax import SoftmaxSpec
+from heat.attention.specs import AttentionSpec, Sweep
 from heat.attention.taylor_fast import taylor_causal, taylor_noncausal
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaylorSpec(AttentionSpec):
+    """exp(tau q.k) replaced by its order-`order` Taylor polynomial, as feature maps."""
+
+    name: ClassVar[str] = "taylor"
+    listing_order: ClassVar[int] = 60
+    demo_order: ClassVar[int] = 20
+    sweeps: ClassVar[tuple[Sweep, ...]] = (
+        Sweep("order", "orders", (2,)),
+        Sweep("feature_dim", "feature-dims", (0,), low=0, help="0 = the head dimension"),
+    )
+    MAX_ORDER: ClassVar[int] = 4
+
+    order: int = 2
+    """p, the degree of the Taylor polynomial. Even orders keep every normaliser positive."""
+    feature_dim: int = 0
+    """If > 0, q and k are first projected (learned, per head shared) to this many features."""
+    allow_odd: bool = False
+    """Odd orders can make a normaliser zero or negative; they need this opt-in."""
+    chunk_size: int = 128
+    """Positions per chunk of the causal prefix sums."""
+    implementation: str = "auto"
+    """'auto': order <= 2 (causal or not) runs on the key moments, chunked, with a hand-written
+    backward and no (n, features) tensor (`taylor_fast`); higher orders as 'features': the
+    symmetric feature map materialised, plain linear attention (the reference)."""
+
+    def __post_init__(self) -> None:
+        self.check_choice("implementation", ("auto", "features"))
+        self.check_bool("allow_odd")
+        self.check_int("order", 1, self.MAX_ORDER)
+        self.check_int("feature_dim", 0, 1024)
+        self.check_int("chunk_size", 1, 1 << 16)
+        if self.order % 2 == 1 and not self.allow_odd:
+            raise self.error(
+                "order",
+                f"odd order {self.order} can make attention normalisers zero or negative; use an "
+                f"even order (2 or 4) or set allow_odd: true",
+            )
+
+    def exact_counterpart(self) -> SoftmaxSpec:
+        return SoftmaxSpec()
+
+    @classmethod
+    def contract_examples(cls) -> dict[str, TaylorSpec]:
+        return {"taylor": cls(order=2, chunk_size=7),
+                "taylor-projected": cls(order=4, feature_dim=4, chunk_size=7)}
+
+    @classmethod
+    def demo_examples(cls, length: int) -> dict[str, TaylorSpec]:
+        return {f"order={order}": cls(order=order) for order in (2, 4)}
+
+    def label(self) -> str:
+        return f"taylor p{self.order}" + (f" f{self.feature_dim}" if self.feature_dim else "")
 
 
 def monomial_terms(dim: int, degree: int) -> tuple[Tensor, Tensor]:
@@ -97,6 +154,11 @@ class TaylorAttention(AttentionKernel):
             phi_q, phi_k, v.to(dtype), causal=causal, chunk_size=self.spec.chunk_size
         )
         return out.to(v.dtype)
+
+    def estimated_bytes(self, *, batch: int, n: int, itemsize: int) -> float:
+        """The (n, features) feature maps and their gradients."""
+        features = feature_count(self.feature_dim, self.spec.order)
+        return 4.0 * batch * self.num_heads * n * features * itemsize
 
     def extra_repr(self) -> str:
         return f"order={self.spec.order}, feature_dim={self.feature_dim}"
