@@ -12,16 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from heat.attention import (
-    AttentionSpec,
-    HeatSpec,
-    LinformerSpec,
-    NystromSpec,
-    TaylorSpec,
-    build_attention,
-    exact_counterpart,
-    spec_to_dict,
-)
+from heat.attention import AttentionSpec, build_attention, exact_counterpart
+from heat.attention.registry import REGISTRY
 
 
 @dataclass(frozen=True)
@@ -33,14 +25,14 @@ class ErrorRow:
     rel_error: float
 
 
+def demo_examples(length: int) -> list[tuple[str, AttentionSpec]]:
+    """(parameters shown, spec) of every registered approximation, in `demo_order`."""
+    entries = sorted(REGISTRY.values(), key=lambda entry: (entry.spec.demo_order, entry.name))
+    return [item for entry in entries for item in entry.spec.demo_examples(length).items()]
+
+
 def demo_specs(length: int) -> list[AttentionSpec]:
-    specs: list[AttentionSpec] = []
-    for basis in ("svd", "taylor"):
-        specs += [HeatSpec(rank=rank, basis=basis) for rank in (4, 8, 12)]
-    specs += [TaylorSpec(order=order) for order in (2, 4)]
-    specs += [NystromSpec(landmarks=l) for l in (16, 64) if l < length]
-    specs += [LinformerSpec(rank=r, max_length=length) for r in (32, 128) if r <= length]
-    return specs
+    return [spec for _, spec in demo_examples(length)]
 
 
 def relative_error(output: torch.Tensor, reference: torch.Tensor) -> float:
@@ -58,7 +50,7 @@ def attention_errors(
         for _ in range(3)
     )
     rows = []
-    for spec in demo_specs(length):
+    for params, spec in demo_examples(length):
         torch.manual_seed(seed)  # the same learned projections (taylor/linformer) every run
         kernel = build_attention(spec, head_dim=head_dim, num_heads=heads).double()
         if causal and not kernel.capabilities.causal:
@@ -67,18 +59,14 @@ def attention_errors(
         reference = build_attention(reference_spec, head_dim=head_dim, num_heads=heads).double()
         with torch.no_grad():
             error = relative_error(kernel(q, k, v, causal=causal), reference(q, k, v, causal=causal))
-        params = {key: val for key, val in spec_to_dict(spec).items() if key in _SHOWN}
         rows.append(ErrorRow(
             variant=spec.name,
-            params=", ".join(f"{key}={val}" for key, val in params.items()),
+            params=params,
             reference=reference_spec.name,
             causal=causal,
             rel_error=error,
         ))
     return rows
-
-
-_SHOWN = ("rank", "basis", "order", "landmarks")
 
 
 def format_rows(rows: list[ErrorRow]) -> str:
