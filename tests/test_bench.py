@@ -11,6 +11,7 @@ import pytest
 from pipeline import bench
 
 VARIANTS = {"softmax", "linformer", "nystrom", "hadamard", "heat", "taylor"}
+APPROXIMATIONS = {"heat", "taylor", "linformer", "nystrom"}  # measured against an exact counterpart
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -42,7 +43,7 @@ def test_bench_writes_a_record_per_variant_and_length(tmp_path, causal):
             assert r["fwd_ms"] is None and "cannot be causal" in r["skipped"]
             continue
         assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["peak_mem_mb"] >= 0
-        if r["variant"] in bench.EXACT_COUNTERPART:  # causal heat with the Taylor basis at
+        if r["variant"] in APPROXIMATIONS:  # causal heat with the Taylor basis at
             assert 0 <= r["rel_error"] < math.inf   # rank 8 is far off at tiny n (README)
         if r["variant"] == "heat":
             assert r["fit"]["degree"] == r["params"]["rank"] + (4 if r["params"]["basis"] == "svd" else 0)
@@ -81,8 +82,9 @@ def test_memory_is_measured_after_every_timing(monkeypatch):
     """The CPU peak-memory probe switches glibc to returning freed memory at once, which slows
     every later allocation: no timing may follow it."""
     events: list[str] = []
-    timed, enter = bench._timed, bench.PeakMemory.__enter__
-    monkeypatch.setattr(bench, "_timed", lambda *a: events.append("time") or timed(*a))
+    timed, enter = bench.measurement._timed, bench.PeakMemory.__enter__
+    monkeypatch.setattr(bench.measurement, "_timed",
+                        lambda *a: events.append("time") or timed(*a))
     monkeypatch.setattr(bench.PeakMemory, "__enter__",
                         lambda self: events.append("memory") or enter(self))
     bench.run(parse("--lengths", "16,32", "--variants", "softmax,heat", "--heads", "1",
@@ -98,3 +100,24 @@ def test_cpu_peak_memory_counts_what_one_step_allocates():
                               "--repeats", "2", "--error-max-n", "0"))
     peaks = [r["peak_mem_mb"] for r in records if r["n"] == 2048]
     assert len(peaks) == 2 and min(peaks) >= 12, peaks
+
+
+def test_cases_come_from_the_registry_and_the_sweep_flags():
+    """Default: every registered variant, softmax first, each at its sweeps' defaults; a sweep
+    flag per swept spec field, the cases their product in the order of the spec's sweeps."""
+    from heat.attention import LinformerSpec
+
+    assert [c.label for c in bench.build_cases(parse())] == [
+        "softmax (SDPA)", "linformer k256", "nystrom l64", "hadamard", "heat svd r8", "taylor p2"]
+    cases = bench.build_cases(parse(
+        "--lengths", "32,64", "--variants", "heat,taylor,linformer,softmax",
+        "--heat-ranks", "4,8", "--heat-implementations", "auto,folded",
+        "--taylor-orders", "2,4", "--taylor-feature-dims", "0,4", "--linformer-ranks", "16,128"))
+    assert [c.label for c in cases] == [
+        "softmax (SDPA)", "heat svd r4 auto", "heat svd r4 folded", "heat svd r8 auto",
+        "heat svd r8 folded", "taylor p2", "taylor p2 f4", "taylor p4", "taylor p4 f4",
+        "linformer k16", "linformer k64"]
+    assert cases[-1].spec == LinformerSpec(rank=64, max_length=64)  # fits the longest n
+    assert cases[1].params["implementation"] == "auto" and cases[2].params["rank"] == 4
+    with pytest.raises(SystemExit):
+        parse("--taylor-feature-dims", "-1")
