@@ -7,7 +7,9 @@
 - `EncoderClassifier`: the same encoder with token + segment embeddings and a pooled head.
 
 Configs are keyword-only dataclasses validated in `__post_init__`: a bad value raises
-`ConfigError` (a `ValueError`) naming the field, the value and what is allowed.
+`ConfigError` (a `ValueError`) naming the field, the value and what is allowed. Both extend
+`Architecture` (sizes, dropout, norm placement, length), the one place those are declared; the
+attention of each site is in `heat.sites`.
 
 Shape convention: B batch, S source length, T target length, D d_model, V vocabulary,
 C classes.
@@ -15,27 +17,15 @@ C classes.
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from heat.attention import (
-    REGISTRY,
-    AttentionKernel,
-    AttentionSpec,
-    Capabilities,
-    SoftmaxSpec,
-    SpecError,
-    build_attention,
-    spec_from_dict,
-    spec_to_dict,
-)
+from heat.attention import AttentionKernel, AttentionSpec, SoftmaxSpec, build_attention, spec_to_dict
 from heat.layers import (
     DecoderCache,
     DecoderLayer,
@@ -44,207 +34,133 @@ from heat.layers import (
     TransformerDecoder,
     TransformerEncoder,
 )
-from heat.validation import ConfigError, check_bool, check_fraction, check_int
+from heat.sites import (
+    SITES,
+    AttentionSites,
+    capabilities,
+    check_fits_max_length,
+    check_spec,
+    resolve_sites,
+)
+from heat.validation import ConfigError, check_bool, check_choice, check_fraction, check_int
 
-logger = logging.getLogger(__name__)
-
-
-def _check_int(owner: str, name: str, value: Any, low: int, high: int | None = None) -> None:
-    check_int(f"{owner}.{name}", value, low, high)
-
-
-def _check_fraction(owner: str, name: str, value: Any) -> None:
-    check_fraction(f"{owner}.{name}", value)
-
-
-def _check_common(owner: str, config: Any) -> None:
-    """The fields both configs share: sizes, dropout, norm placement, length, padding id."""
-    for name in ("vocab_size", "d_model", "num_heads", "ffn_dim", "max_length"):
-        _check_int(owner, name, getattr(config, name), 1)
-    if config.d_model % config.num_heads:
-        raise ConfigError(
-            f"{owner}.d_model",
-            f"must be divisible by num_heads={config.num_heads}, got {config.d_model}",
-        )
-    _check_fraction(owner, "dropout", config.dropout)
-    check_bool(f"{owner}.norm_first", config.norm_first)
-    _check_int(owner, "pad_id", config.pad_id, 0, config.vocab_size - 1)
-
-
-def _capabilities(spec: AttentionSpec) -> Capabilities:
-    return REGISTRY[spec.name].kernel.capabilities
-
-
-def _check_spec(field_name: str, spec: Any) -> None:
-    spec_classes = tuple(entry.spec for entry in REGISTRY.values())
-    if not isinstance(spec, spec_classes):
-        raise ConfigError(
-            field_name,
-            f"must be an attention spec ({', '.join(c.__name__ for c in spec_classes)}; build one "
-            f"from a mapping with heat.attention.spec_from_dict), got {spec!r}",
-        )
-
-
-def _check_fits_max_length(field_name: str, spec: AttentionSpec, max_length: int) -> None:
-    """Variants with a fixed key length (Linformer) must accept the model's longest sequence."""
-    if _capabilities(spec).fixed_max_length and spec.max_length < max_length:
-        raise ConfigError(
-            f"{field_name}.max_length",
-            f"{spec.name} max_length={spec.max_length} is smaller than the model's "
-            f"max_length={max_length}; it must be >= {max_length}",
-        )
+__all__ = [
+    "SITES", "Architecture", "AttentionSites", "ClassifierConfig", "EncoderClassifier",
+    "Seq2SeqConfig", "Seq2SeqTransformer", "resolve_sites",
+]
 
 
 # ---------------------------------------------------------------------------------------------
 # Configs
 
 
-SITES = ("encoder_self", "decoder_self", "cross")
-
-
 @dataclass(frozen=True, kw_only=True)
-class AttentionSites:
-    """The attention variant of each site of the seq2seq model."""
+class Architecture:
+    """A transformer's sizes and regularisation: everything of a model but its vocabulary, its
+    classes and its attention. Declared once here; both model configs extend it and the
+    pipeline's `model` config section is this class."""
 
-    encoder_self: AttentionSpec = field(default_factory=SoftmaxSpec)
-    """Encoder self-attention (bidirectional)."""
-    decoder_self: AttentionSpec = field(default_factory=SoftmaxSpec)
-    """Decoder self-attention (causal); a variant that cannot be causal falls back to softmax."""
-    cross: AttentionSpec = field(default_factory=SoftmaxSpec)
-    """Decoder-to-encoder attention; queries are target positions, keys the source."""
-
-    def __post_init__(self) -> None:
-        for site in SITES:
-            _check_spec(f"attention.{site}", getattr(self, site))
-        if not _capabilities(self.cross).cross:
-            raise ConfigError(
-                "attention.cross", f"variant '{self.cross.name}' does not support cross-attention"
-            )
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Mapping[str, Any]] | None) -> AttentionSites:
-        """From `{"encoder_self": {"name": "heat", "rank": 8}, ...}`; missing sites are softmax."""
-        raw = raw or {}
-        if not isinstance(raw, Mapping):
-            raise ConfigError("attention", f"must be a mapping of site -> spec, got {raw!r}")
-        unknown = sorted(set(raw) - set(SITES))
-        if unknown:
-            raise ConfigError(
-                f"attention.{unknown[0]}", f"unknown attention site; allowed: {', '.join(SITES)}"
-            )
-        specs = {}
-        for site, spec in raw.items():
-            try:
-                specs[site] = spec_from_dict(spec)
-            except SpecError as err:
-                raise ConfigError(f"attention.{site}", str(err)) from err
-        return cls(**specs)
-
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {site: spec_to_dict(getattr(self, site)) for site in SITES}
-
-
-def resolve_sites(sites: AttentionSites) -> AttentionSites:
-    """The sites as the model builds them; decoder sites a variant cannot serve become softmax.
-
-    Decoder self-attention needs a causal variant: Linformer and Nystrom mix information across
-    key positions before the softmax, which a causal mask cannot undo. Decoder cross-attention
-    needs a query-independent variant: Nystrom's query landmarks pool over all target positions,
-    so the output at t would see later target tokens in teacher-forced training. Both still
-    serve the encoder; Linformer also serves cross-attention.
-    """
-    decoder_self, cross = sites.decoder_self, sites.cross
-    if not _capabilities(decoder_self).causal:
-        logger.warning(
-            "decoder self-attention: %s cannot be causal; using softmax", decoder_self.name
-        )
-        decoder_self = SoftmaxSpec()
-    if not _capabilities(cross).query_independent:
-        logger.warning(
-            "decoder cross-attention: %s pools over the target positions (later target tokens "
-            "would leak into earlier ones); using softmax", cross.name
-        )
-        cross = SoftmaxSpec()
-    return AttentionSites(encoder_self=sites.encoder_self, decoder_self=decoder_self, cross=cross)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Seq2SeqConfig:
-    vocab_size: int
-    """Size of the shared source/target vocabulary."""
     d_model: int = 512
     num_heads: int = 8
     num_encoder_layers: int = 6
+    """Encoder layers (the classifier's only stack)."""
     num_decoder_layers: int = 6
+    """Decoder layers (translation only)."""
     ffn_dim: int = 2048
     """Hidden width of the position-wise feed-forward layers."""
     dropout: float = 0.1
     norm_first: bool = True
     """Pre-norm (True) or post-norm (False, the original Transformer)."""
     max_length: int = 256
-    """Longest source or target sequence (bos/eos included) the model accepts."""
+    """Longest sequence (bos/eos, all segments and separators included) the model accepts."""
+    label_smoothing: float = 0.1
+    """Translation loss only (the classifier's cross-entropy is unsmoothed)."""
+    pooling: Literal["mean", "first"] = "mean"
+    """Classification: mean over non-padding positions, or the first token (a CLS symbol)."""
+    num_segments: int = 2
+    """Classification: segment (sentence A / B) embeddings; 1 for single-sentence tasks."""
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "num_heads", "num_encoder_layers", "num_decoder_layers",
+                     "ffn_dim", "num_segments"):
+            check_int(name, getattr(self, name), 1)
+        check_int("max_length", self.max_length, 2)
+        if self.d_model % self.num_heads:
+            raise ConfigError(
+                "d_model", f"must be divisible by num_heads={self.num_heads}, got {self.d_model}"
+            )
+        check_fraction("dropout", self.dropout)
+        check_fraction("label_smoothing", self.label_smoothing)
+        check_bool("norm_first", self.norm_first)
+        check_choice("pooling", self.pooling, ("mean", "first"))
+
+
+def _check_ids(config: Seq2SeqConfig | ClassifierConfig, names: tuple[str, ...]) -> None:
+    check_int("vocab_size", config.vocab_size, 1)
+    check_int("pad_id", config.pad_id, 0, config.vocab_size - 1)
+    for name in names:
+        check_int(name, getattr(config, name), 0, config.vocab_size - 1)
+        if getattr(config, name) == config.pad_id:
+            # The loss ignores pad_id and decoding strips it: a shared id would vanish.
+            raise ConfigError(name, f"must differ from pad_id={config.pad_id}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Seq2SeqConfig(Architecture):
+    vocab_size: int
+    """Size of the shared source/target vocabulary."""
     pad_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
-    label_smoothing: float = 0.1
     attention: AttentionSites = field(default_factory=AttentionSites)
     """Attention variant per site; see `AttentionSites.from_dict`."""
 
+    @classmethod
+    def build(cls, architecture: Architecture, *, vocab_size: int,
+              attention: AttentionSites) -> Seq2SeqConfig:
+        return cls(**_fields(architecture), vocab_size=vocab_size, attention=attention)
+
     def __post_init__(self) -> None:
-        owner = type(self).__name__
-        _check_common(owner, self)
-        _check_int(owner, "num_encoder_layers", self.num_encoder_layers, 1)
-        _check_int(owner, "num_decoder_layers", self.num_decoder_layers, 1)
-        for name in ("bos_id", "eos_id"):
-            _check_int(owner, name, getattr(self, name), 0, self.vocab_size - 1)
-            if getattr(self, name) == self.pad_id:
-                # The loss ignores pad_id and decoding strips it: a shared id would vanish.
-                raise ConfigError(f"{owner}.{name}", f"must differ from pad_id={self.pad_id}")
-        _check_fraction(owner, "label_smoothing", self.label_smoothing)
+        super().__post_init__()
+        _check_ids(self, ("bos_id", "eos_id"))
         if not isinstance(self.attention, AttentionSites):
             raise ConfigError(
-                f"{owner}.attention",
+                "attention",
                 f"must be an AttentionSites (see AttentionSites.from_dict), got {self.attention!r}",
             )
         for site in SITES:
             spec = getattr(self.attention, site)
-            if site == "decoder_self" and not _capabilities(spec).causal:
+            if site == "decoder_self" and not capabilities(spec).causal:
                 continue  # replaced by softmax when the model is built
-            _check_fits_max_length(f"attention.{site}", spec, self.max_length)
+            check_fits_max_length(f"attention.{site}", spec, self.max_length)
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClassifierConfig:
+class ClassifierConfig(Architecture):
+    """The encoder of `Architecture` (num_encoder_layers layers) with a pooled head."""
+
     vocab_size: int
     num_classes: int
-    d_model: int = 512
-    num_heads: int = 8
-    num_layers: int = 6
-    ffn_dim: int = 2048
-    dropout: float = 0.1
-    norm_first: bool = True
-    max_length: int = 512
-    """Longest input (all segments and separators included) the model accepts."""
     pad_id: int = 0
-    num_segments: int = 2
-    """Segment (sentence A / B) embeddings; 1 for single-sentence tasks."""
-    pooling: str = "mean"
-    """'mean': mean over non-padding positions; 'first': the first token (a CLS symbol)."""
     attention_spec: AttentionSpec = field(default_factory=SoftmaxSpec)
     """Attention variant of every encoder layer."""
 
+    @classmethod
+    def build(cls, architecture: Architecture, *, vocab_size: int, num_classes: int,
+              attention: AttentionSpec) -> ClassifierConfig:
+        return cls(**_fields(architecture), vocab_size=vocab_size, num_classes=num_classes,
+                   attention_spec=attention)
+
     def __post_init__(self) -> None:
-        owner = type(self).__name__
-        _check_common(owner, self)
-        _check_int(owner, "num_layers", self.num_layers, 1)
-        _check_int(owner, "num_classes", self.num_classes, 2)
-        _check_int(owner, "num_segments", self.num_segments, 1)
-        if self.pooling not in ("mean", "first"):
-            raise ConfigError(
-                f"{owner}.pooling", f"must be one of mean, first; got {self.pooling!r}"
-            )
-        _check_spec(f"{owner}.attention_spec", self.attention_spec)
-        _check_fits_max_length(f"{owner}.attention_spec", self.attention_spec, self.max_length)
+        super().__post_init__()
+        _check_ids(self, ())
+        check_int("num_classes", self.num_classes, 2)
+        check_spec("attention_spec", self.attention_spec)
+        check_fits_max_length("attention_spec", self.attention_spec, self.max_length)
+
+
+def _fields(architecture: Architecture) -> dict[str, Any]:
+    return {f.name: getattr(architecture, f.name) for f in fields(Architecture)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,7 +303,7 @@ class EncoderClassifier(nn.Module):
         self.segment_embedding = nn.Embedding(c.num_segments, c.d_model)
         self.positions = SinusoidalPositionalEncoding(c.d_model, c.max_length)
         self.embedding_dropout = nn.Dropout(c.dropout)
-        kernels = _build_kernels(c.attention_spec, c.num_layers, c.d_model, c.num_heads)
+        kernels = _build_kernels(c.attention_spec, c.num_encoder_layers, c.d_model, c.num_heads)
         self.encoder = TransformerEncoder(
             [
                 EncoderLayer(c.d_model, c.num_heads, c.ffn_dim, c.dropout, c.norm_first, kernel)

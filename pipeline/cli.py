@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_pipeline_arguments(smoke)
 
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="re-score a finished run's trained models (another split, beam size, ...) into "
+        "its MLflow child runs, without training again",
+    )
+    _add_evaluate_arguments(evaluate)
+
     bench = commands.add_parser("bench", help="benchmarks (JSON and a plot)")
     benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     attention = benches.add_parser(
@@ -76,6 +83,32 @@ def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# flag -> (eval field, the task kinds it applies to)
+_EVAL_FLAGS = {
+    "split": ("split", ("translation", "classification")),
+    "max_examples": ("max_examples", ("translation", "classification")),
+    "batch_size": ("batch_size", ("translation", "classification")),
+    "beam_size": ("beam_size", ("translation",)),
+    "length_penalty": ("length_penalty", ("translation",)),
+}
+
+
+def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="a run name (its folder is <storage root>/pipeline-runs/"
+                                    "RUN) or the path of that folder")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE",
+        help="dotted overrides of the run's eval sections: tasks.translation.eval.beam_size=5",
+    )
+    parser.add_argument("--storage-root", default="runs",
+                        help="the run's storage.root (default: runs, as the smoke config)")
+    parser.add_argument("--split", choices=("test", "validation"))
+    parser.add_argument("--max-examples", type=int, help="score the first N rows (0: all)")
+    parser.add_argument("--batch-size", type=_positive_int)
+    parser.add_argument("--beam-size", type=_positive_int, help="translation tasks")
+    parser.add_argument("--length-penalty", type=float, help="translation tasks")
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import attention_errors, format_rows
 
@@ -103,7 +136,8 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
         config = load_config(path, args.overrides)
         print(f"# resolved config ({path})\n" + yaml.safe_dump(config.to_dict(), sort_keys=False),
               flush=True)
-        from pipeline.run import format_summary, run_pipeline
+        from pipeline.run import run_pipeline
+        from pipeline.summary import format_summary
 
         result = run_pipeline(config, run_name=args.run_name, resume=args.resume)
     except ConfigError as error:
@@ -116,6 +150,44 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_evaluate_command(args: argparse.Namespace) -> int:
+    """Re-score a finished run: its recorded config with other eval settings."""
+    import yaml
+
+    from heat.validation import ConfigError
+    from pipeline import storage
+    from pipeline.config import build_config
+    from pipeline.configtools import apply_overrides
+    from pipeline.run import rescore_run, run_folder
+    from pipeline.summary import format_summary
+
+    try:
+        folder = args.run if storage.exists(storage.join(args.run, "config.yaml")) else \
+            run_folder(args.storage_root, args.run)
+        recorded_file = storage.join(folder, "config.yaml")
+        if not storage.exists(recorded_file):
+            raise ConfigError("run", f"no run {args.run!r}: {recorded_file} does not exist "
+                                     f"(pass the run's folder, or --storage-root)")
+        raw = yaml.safe_load(storage.read_bytes(recorded_file))
+        recorded = build_config(raw)
+        overrides = list(args.overrides)
+        for flag, (key, kinds) in _EVAL_FLAGS.items():
+            value = getattr(args, flag)
+            if value is not None:
+                overrides += [f"tasks.{name}.eval.{key}={value}"
+                              for name, task in recorded.tasks.items() if task.kind in kinds]
+        config = build_config(apply_overrides(raw, overrides))
+        result = rescore_run(config, folder.rstrip("/").rsplit("/", 1)[-1], recorded)
+    except ConfigError as error:
+        print(f"heat-pipeline: config error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("heat-pipeline: interrupted", file=sys.stderr)
+        return 130
+    print(format_summary(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -123,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(args)
     if args.command in ("run", "smoke"):
         return run_pipeline_command(args)
+    if args.command == "evaluate":
+        return run_evaluate_command(args)
     if args.command == "bench":
         from pipeline.bench import main as run_bench
 

@@ -124,7 +124,7 @@ def build(cls: type, raw: Any, path: str) -> Any:
         return cls(**values)
     except ConfigError as error:  # a __post_init__ check: prefix the section's path
         if path and not error.field.startswith(path + "."):
-            raise ConfigError(f"{path}.{error.field}", str(error).split(": ", 1)[1]) from None
+            raise error.within(path) from None
         raise
 
 

@@ -7,7 +7,7 @@ interrupted attempt: a rerun with the same inputs finds the marker and skips the
 after a crash starts the stage again.
 
 Locations may be local folders or any pyarrow filesystem URI (s3://, gs://, file://): all I/O
-goes through `pipeline.data.storage`, never the driver's local disk, so Ray workers on other
+goes through `pipeline.storage`, never the driver's local disk, so Ray workers on other
 nodes see the same files.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipeline.data.storage import exists, filesystem, join, read_json, write_json
+from pipeline.storage import exists, filesystem, join, read_json, write_json
 
 MARKER = "_SUCCESS"
 INPUTS = "_INPUTS.json"
@@ -71,6 +71,15 @@ class StageOutcome:
     wall_s: float
 
 
+def read_result(out_uri: str) -> dict[str, Any]:
+    """The result a finished stage stored in its marker."""
+    return read_json(join(out_uri, MARKER))["result"]
+
+
+def finished(out_uri: str) -> bool:
+    return exists(join(out_uri, MARKER))
+
+
 def run_cached(
     out_uri: str,
     inputs: Mapping[str, Any],
@@ -86,7 +95,7 @@ def run_cached(
     keeps what an interrupted attempt wrote (the train stage resumes from its checkpoints)."""
     marker = join(out_uri, MARKER)
     if exists(marker):
-        return StageOutcome(out_uri, read_json(marker)["result"], skipped=True, wall_s=0.0)
+        return StageOutcome(out_uri, read_result(out_uri), skipped=True, wall_s=0.0)
     if clear_partial:
         clear(out_uri)
     write_json(join(out_uri, INPUTS), dict(inputs))

@@ -1,4 +1,5 @@
-"""MLflow bookkeeping of one pipeline invocation: a parent run and a child run per (task, variant).
+"""MLflow bookkeeping of one pipeline invocation: a parent run and a child run per (task, variant),
+or per (task, variant, trial) for the trials of a search.
 
 The orchestrator creates every child run before training starts and hands the ids to the
 workers (rank 0 logs metrics and artifacts into them with its own `MlflowClient`); this module only
@@ -33,6 +34,7 @@ TAG_RUN_NAME = "heat.run_name"
 TAG_CONFIG = "heat.config"
 TAG_TASK = "heat.task"
 TAG_VARIANT = "heat.variant"
+TAG_TRIAL = "heat.trial"
 TAG_FAILURE = "heat.failure"
 TAG_PARENT = "mlflow.parentRunId"
 
@@ -62,6 +64,7 @@ class ChildRun:
     task: str
     variant: str
     run_id: str
+    trial: str | None = None
 
 
 class PipelineTracker:
@@ -112,29 +115,31 @@ class PipelineTracker:
                 handle.write(data)
             self.client.log_artifact(run_id, path, directory or None)
 
-    def child_runs(self, task: str, variants: list[str]) -> dict[str, ChildRun]:
-        """A running child run per variant of `task`: existing ones reopened, missing ones made.
+    def child_runs(self, task: str, variants: list[str], *,
+                   trial: str | None = None) -> dict[str, ChildRun]:
+        """A running child run per variant of `task` (and `trial`, for one trial of a search):
+        existing ones reopened, missing ones made.
 
-        Reopening matters for `--resume`: the metrics a killed attempt logged stay in the same
-        run, and the continued training appends to them."""
+        Reopening matters for `--resume` and for re-scoring: the metrics a killed attempt
+        logged stay in the same run, and the continued training appends to them."""
+        query = f"tags.`{TAG_PARENT}` = '{self.parent_run_id}' and tags.`{TAG_TASK}` = '{task}'"
         found = {
             run.data.tags.get(TAG_VARIANT): run
-            for run in self.client.search_runs(
-                [self.experiment_id],
-                f"tags.`{TAG_PARENT}` = '{self.parent_run_id}' and tags.`{TAG_TASK}` = '{task}'",
-            )
+            for run in self.client.search_runs([self.experiment_id], query)
+            if run.data.tags.get(TAG_TRIAL) == trial
         }
         children = {}
         for variant in variants:
             run = found.get(variant)
             if run is None:
                 tags = {TAG_PARENT: self.parent_run_id, TAG_RUN_NAME: self.run_name,
-                        TAG_TASK: task, TAG_VARIANT: variant}
-                run = self.client.create_run(self.experiment_id, tags=tags,
-                                             run_name=f"{task}/{variant}")
+                        TAG_TASK: task, TAG_VARIANT: variant,
+                        **({TAG_TRIAL: trial} if trial is not None else {})}
+                name = f"{task}/{variant}" + (f"/{trial}" if trial is not None else "")
+                run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
             elif run.info.status != "RUNNING":
                 self.client.update_run(run.info.run_id, status="RUNNING")
-            children[variant] = ChildRun(task, variant, run.info.run_id)
+            children[variant] = ChildRun(task, variant, run.info.run_id, trial)
         return children
 
     def finish(self, run_id: str) -> None:

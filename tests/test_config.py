@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from heat.attention import HeatSpec, SoftmaxSpec, TaylorSpec
+from heat.models import AttentionSites
 from heat.validation import ConfigError
 from pipeline.config import CONFIG_DIR, build_config, load_config, packaged_config
 
@@ -92,11 +94,11 @@ def test_one_spec_means_every_site_and_classification_takes_encoder_self(tmp_pat
                   "decoder_self": {"name": "taylor", "order": 2}},
     })
     task = build_config(raw).tasks["translation"]
-    heat, mixed = task.variants
-    assert heat.attention == {site: {"name": "heat", "rank": 4}
-                              for site in ("encoder_self", "decoder_self", "cross")}
-    assert mixed.attention["decoder_self"] == {"name": "taylor", "order": 2}
-    assert "cross" not in mixed.attention  # a missing site is softmax (AttentionSites)
+    heat, mixed = task.variants  # parsed once, into typed specs
+    assert heat.attention == AttentionSites(**{site: HeatSpec(rank=4)
+                                               for site in ("encoder_self", "decoder_self", "cross")})
+    assert mixed.attention.decoder_self == TaylorSpec(order=2)
+    assert mixed.attention.cross == SoftmaxSpec()  # a missing site is softmax (AttentionSites)
 
 
 def test_classification_variants_are_single_specs(tmp_path):
@@ -109,8 +111,7 @@ def test_classification_variants_are_single_specs(tmp_path):
     raw["tasks"] = {"sentiment": {**raw["tasks"]["translation"], "data": {
         "task": "classification", "source": "local", "files": {"train": str(corpus)}}}}
     task = build_config(raw).tasks["sentiment"]
-    assert [v.attention for v in task.variants] == [{"name": "heat", "rank": 4},
-                                                     {"name": "taylor", "order": 2}]
+    assert [v.attention for v in task.variants] == [HeatSpec(rank=4), TaylorSpec(order=2)]
 
 
 def test_a_null_task_is_disabled():

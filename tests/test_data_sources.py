@@ -15,7 +15,9 @@ import pytest
 import ray
 
 from heat.validation import ConfigError
-from pipeline.stages.prepare import DataConfig, check_source, read_source
+from pipeline.config import DataConfig
+from pipeline.data.readers import read_source
+from pipeline.data.sources import check_source
 
 TRANSLATIONS = [{"translation": {"en": f"Hello {i}.", "fr": f"Bonjour {i}."}} for i in range(5)]
 REVIEWS = [{"text": f"Review number {i}.", "label": i % 2} for i in range(5)]

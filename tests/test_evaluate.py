@@ -14,8 +14,8 @@ from heat.models import ClassifierConfig, EncoderClassifier, Seq2SeqConfig, Seq2
 from heat.validation import ConfigError
 from pipeline.batching import load_rank_rows
 from pipeline.configtools import build
+from pipeline.config import EvalConfig
 from pipeline.stages.evaluate import (
-    EvalConfig,
     accuracy,
     classification_scores,
     classify,
@@ -125,6 +125,6 @@ def test_classify_predicts_a_class_per_example():
                       "label": pa.array([1, 0, 2], pa.int64())})
     examples = load_rank_rows([table], "classification", 0, 1)
     model = EncoderClassifier(ClassifierConfig(vocab_size=10, num_classes=3, d_model=16,
-                                               num_heads=2, num_layers=1, ffn_dim=32))
+                                               num_heads=2, num_encoder_layers=1, ffn_dim=32))
     predictions = classify(model, examples, EvalConfig(batch_size=2), torch.device("cpu"))
     assert predictions.shape == (3,) and set(predictions.tolist()) <= {0, 1, 2}

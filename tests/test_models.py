@@ -370,7 +370,7 @@ def assert_every_parameter_has_gradient(model: torch.nn.Module) -> None:
 def tiny_classifier(pooling: str = "mean", spec=None) -> EncoderClassifier:
     torch.manual_seed(0)
     config = ClassifierConfig(
-        vocab_size=VOCAB, num_classes=3, d_model=32, num_heads=2, num_layers=2, ffn_dim=64,
+        vocab_size=VOCAB, num_classes=3, d_model=32, num_heads=2, num_encoder_layers=2, ffn_dim=64,
         dropout=0.1, max_length=16, pad_id=PAD, pooling=pooling,
         attention_spec=spec or SoftmaxSpec(),
     )

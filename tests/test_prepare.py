@@ -12,7 +12,8 @@ import ray
 
 from heat.validation import ConfigError
 from pipeline.configtools import build
-from pipeline.stages.prepare import DataConfig, load_prepare_result, run_prepare
+from pipeline.config import DataConfig
+from pipeline.stages.prepare import load_prepare_result, run_prepare
 
 
 @pytest.fixture(scope="module", autouse=True)

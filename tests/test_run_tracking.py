@@ -86,3 +86,19 @@ def test_resume_without_an_earlier_parent_starts_a_new_one(tracker, request):
 def test_browse_command():
     assert browse_command("sqlite:////x/mlflow.db") == "mlflow ui --backend-store-uri sqlite:////x/mlflow.db"
     assert "http://127.0.0.1:5000" in browse_command("http://127.0.0.1:5000")
+
+
+def test_trials_get_their_own_child_runs_and_reopen_them(tracker):
+    plain = tracker.child_runs("translation", ["heat"])
+    first = tracker.child_runs("translation", ["heat"], trial="rank4")
+    second = tracker.child_runs("translation", ["heat"], trial="rank8")
+    ids = {plain["heat"].run_id, first["heat"].run_id, second["heat"].run_id}
+    assert len(ids) == 3  # one run per (task, variant, trial)
+    run = tracker.client.get_run(second["heat"].run_id)
+    assert run.info.run_name == "translation/heat/rank8"
+    assert run.data.tags["heat.trial"] == "rank8"
+    tracker.finish(first["heat"].run_id)
+    again = tracker.child_runs("translation", ["heat"], trial="rank4")  # a resumed trial
+    assert again["heat"].run_id == first["heat"].run_id
+    assert tracker.client.get_run(first["heat"].run_id).info.status == "RUNNING"
+    assert tracker.child_runs("translation", ["heat"])["heat"].run_id == plain["heat"].run_id

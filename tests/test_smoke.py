@@ -30,7 +30,7 @@ import pytest
 import torch
 import yaml
 
-from heat.models import AttentionSites, Seq2SeqTransformer
+from heat.models import AttentionSites, Seq2SeqConfig, Seq2SeqTransformer
 from pipeline.batching import load_rank_rows
 from pipeline.config import build_config
 from pipeline.stages.evaluate import detokenize, translate, translation_scores
@@ -82,7 +82,8 @@ def untrained(smoke) -> dict[str, float]:
                               keep_refs=True, max_rows=task.eval.max_examples)
     torch.manual_seed(0)
     vocab_size = json.loads((folder / "tokenize.json").read_text())["vocab_size"]
-    model = Seq2SeqTransformer(task.model.seq2seq(vocab_size, AttentionSites()))
+    model = Seq2SeqTransformer(Seq2SeqConfig.build(task.model, vocab_size=vocab_size,
+                                                   attention=AttentionSites()))
     hypotheses = translate(model, examples, task.eval, torch.device("cpu"))
     scores = translation_scores(detokenize(proto, hypotheses), examples.refs)
     labels = pq.read_table(tokenized["classification"] / "test.parquet")["label"].to_numpy()
@@ -147,7 +148,7 @@ def test_summary_table_and_how_to_browse(smoke):
     assert re.search(r"^variant\s+BLEU\s+chrF\s+tokens/s\s+train s\s+steps$", out, re.MULTILINE)
     assert re.search(r"^variant\s+accuracy\s+F1\s+tokens/s", out, re.MULTILINE)
     assert f"mlflow ui --backend-store-uri sqlite:///{cwd}/runs/mlflow.db" in out
-    for stage in ("prepare", "tokenize", "train"):
+    for stage in ("prepare", "tokenize", "train", "evaluate"):
         assert re.search(rf"translation: {stage}: finished in", result.stderr)
 
 
@@ -214,7 +215,7 @@ def test_resume_of_a_finished_run_skips_every_stage_and_reopens_its_parent(smoke
     result = heat_pipeline("smoke", "--resume", "--run-name", run_name, cwd=cwd)
     assert result.returncode == 0, result.stderr[-5000:]
     assert "stages run: none;" in result.stdout
-    assert len(re.findall(r": skipped, finished earlier", result.stderr)) == 6
+    assert len(re.findall(r": skipped, finished earlier", result.stderr)) == 8  # 2 tasks x 4
     runs = tracked_runs(f"sqlite:///{cwd}/runs/mlflow.db", run_name)
     assert runs[run_name].info.run_id == parent_before.info.run_id
     assert runs[run_name].info.status == "FINISHED"
@@ -226,3 +227,40 @@ def score_rows(stdout: str) -> list[str]:
     summary = stdout[stdout.index("\nrun "):]
     return [line for line in summary.splitlines() if line.split(" ")[0] in VARIANTS]
 
+
+
+def test_evaluate_rescores_a_finished_run_into_its_child_runs(smoke):
+    """`heat-pipeline evaluate RUN --beam-size 1` decodes the stored best weights again: the
+    translation child runs gain the new scores under a label, nothing is trained again, the
+    first scores stay, and classification (beam search does not apply) is not re-scored."""
+    cwd, first, run_name = smoke
+    store = f"sqlite:///{cwd}/runs/mlflow.db"
+    before = tracked_runs(store, run_name)
+    result = heat_pipeline("evaluate", run_name, "--beam-size", "1", cwd=cwd)
+    assert result.returncode == 0, result.stderr[-5000:]
+    for stage in ("prepare", "tokenize", "train"):
+        assert len(re.findall(rf": {stage}: skipped, finished earlier", result.stderr)) == 2
+    assert re.search(r"translation: evaluate: finished in", result.stderr)
+    assert re.search(r"classification: evaluate: skipped, finished earlier", result.stderr)
+    runs = tracked_runs(store, run_name)
+    assert set(runs) == set(before)  # the same runs, no new ones
+    for variant in VARIANTS:
+        run = runs[f"translation/{variant}"]
+        assert run.info.status == "FINISHED"
+        metrics = run.data.metrics
+        assert metrics["bleu"] == before[f"translation/{variant}"].data.metrics["bleu"]
+        assert metrics["test_beam1/bleu"] >= MIN_BLEU, (variant, metrics)
+        assert metrics["test_beam1/chrf"] >= MIN_CHRF, (variant, metrics)
+        assert run.data.tags["test_beam1/bleu_signature"].startswith("nrefs:1|")
+        assert "test_beam1/bleu" not in runs[f"classification/{variant}"].data.metrics
+    summary = (cwd / "runs" / "pipeline-runs" / run_name / "summary-test_beam1.txt").read_text()
+    assert summary.strip() in result.stdout
+    assert score_rows(result.stdout) != score_rows(first.stdout)  # greedy, not beam 2
+
+
+def test_evaluate_refuses_a_change_outside_the_eval_sections(smoke):
+    cwd, _, run_name = smoke
+    result = heat_pipeline("evaluate", run_name, "defaults.train.max_steps=10",
+                           "tasks.translation.train.max_steps=10", cwd=cwd)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "tasks.translation.train.max_steps: differs from run" in result.stderr

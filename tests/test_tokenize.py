@@ -13,16 +13,14 @@ import ray
 import sentencepiece as spm
 
 from heat.validation import ConfigError
+from pipeline.config import DataConfig, TokenizerSpec, load_tokenizer_spec, spec_names
+from pipeline.config.data import TOKENIZER_DIR
 from pipeline.data.encoding import SentencePieceEncoder, pair_with_eos, with_eos
-from pipeline.stages.prepare import DataConfig, run_prepare
+from pipeline.stages.prepare import run_prepare
 from pipeline.stages.tokenize import (
-    TOKENIZER_DIR,
-    TokenizerSpec,
     load_tokenize_result,
-    load_tokenizer_spec,
     run_tokenize,
     sample_sentences,
-    spec_names,
     train_model,
 )
 

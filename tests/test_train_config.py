@@ -9,8 +9,8 @@ import pytest
 
 from heat.validation import ConfigError
 from pipeline.configtools import build
-from pipeline.stages.evaluate import EvalConfig
-from pipeline.stages.train import ModelConfig, TrainConfig, TrainJob, Variant
+from pipeline.config import EvalConfig, ModelConfig, TrainConfig, Variant
+from pipeline.job import TrainJob
 from pipeline.training.engine import WarmupDecay, deepspeed_config
 from pipeline.training.state import Progress, VariantState
 from toy_tasks import train_sentencepiece
@@ -79,9 +79,14 @@ def proto() -> bytes:
 
 
 def make_job(proto: bytes, **changes) -> TrainJob:
+    """A job; `variants` given as (name, attention as plain values) pairs, parsed here."""
+    task = changes.get("task", "translation")
+    if "variants" in changes:
+        changes["variants"] = [Variant.parse(name, attention, task)
+                               for name, attention in changes["variants"]]
     fields = dict(
         task="translation",
-        variants=[Variant(name="softmax", attention={"encoder_self": {"name": "softmax"}})],
+        variants=[Variant.parse("softmax", {"encoder_self": {"name": "softmax"}}, "translation")],
         model=ModelConfig(**TINY), train=TrainConfig(**TRAIN), eval=EvalConfig(),
         data_uri="/nowhere", tokenizer_model=proto, storage_uri="/nowhere", run_name="r",
         tracking_uri="sqlite:///nowhere.db", mlflow_run_ids={"softmax": "id"},
@@ -103,19 +108,15 @@ def test_a_valid_job_knows_its_vocabulary(proto):
         ({"task": "summarization"}, "task"),
         ({"variants": []}, "variants"),
         ({"mlflow_run_ids": {}}, "mlflow_run_ids"),
-        ({"variants": [Variant(name="a", attention={}), Variant(name="a", attention={})],
-          "mlflow_run_ids": {"a": "x"}}, "variants.a"),
-        ({"variants": [Variant(name="h", attention={"encoder_self": {"name": "heat",
-                                                                      "rank": 99}})],
+        ({"variants": [("a", {}), ("a", {})], "mlflow_run_ids": {"a": "x"}}, "variants.a"),
+        ({"variants": [("h", {"encoder_self": {"name": "heat", "rank": 99}})],
           "mlflow_run_ids": {"h": "x"}}, "variants.h.attention.encoder_self"),
-        ({"variants": [Variant(name="l", attention={"cross": {"name": "linformer", "rank": 8,
-                                                               "max_length": 16}})],
+        ({"variants": [("l", {"cross": {"name": "linformer", "rank": 8, "max_length": 16}})],
           "mlflow_run_ids": {"l": "x"}}, "variants.l.attention.cross.max_length"),
-        ({"variants": [Variant(name="u", attention={"middle": {"name": "softmax"}})],
+        ({"variants": [("u", {"middle": {"name": "softmax"}})],
           "mlflow_run_ids": {"u": "x"}}, "variants.u.attention.middle"),
         ({"train": TrainConfig(**{**TRAIN, "tokens_per_batch": 63})}, "train.tokens_per_batch"),
-        ({"task": "classification", "num_labels": 1,
-          "variants": [Variant(name="s", attention={"name": "softmax"})],
+        ({"task": "classification", "num_labels": 1, "variants": [("s", {"name": "softmax"})],
           "mlflow_run_ids": {"s": "x"}}, "num_labels"),
         ({"tokenizer_model": b"not a model"}, "tokenizer_model"),
     ],
@@ -128,12 +129,12 @@ def test_bad_job_names_the_key(proto, changes, key):
 
 def test_variant_names_must_be_usable_as_folder_names():
     with pytest.raises(ConfigError, match="variant name"):
-        Variant(name="../up", attention={})
+        Variant.parse("../up", {}, "translation")
 
 
 def test_classification_job_takes_one_spec_per_variant(proto):
     job = make_job(proto, task="classification", num_labels=3,
-                   variants=[Variant(name="t", attention={"name": "taylor", "order": 2})],
+                   variants=[("t", {"name": "taylor", "order": 2})],
                    mlflow_run_ids={"t": "x"}, train=TrainConfig(**{**TRAIN,
                                                                    "tokens_per_batch": 32}))
     config = job.model_config(job.variants[0])

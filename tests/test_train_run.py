@@ -21,8 +21,9 @@ from mlflow import MlflowClient
 
 from heat.models import AttentionSites, Seq2SeqConfig, Seq2SeqTransformer
 from pipeline.batching import load_rank_rows
-from pipeline.stages.evaluate import EvalConfig, detokenize, translate, translation_scores
-from pipeline.stages.train import train_and_evaluate
+from pipeline.config import EvalConfig
+from pipeline.job import train_and_evaluate
+from pipeline.stages.evaluate import detokenize, translate, translation_scores
 from toy_tasks import (
     create_mlflow_runs,
     toy_job,

@@ -129,8 +129,8 @@ def create_mlflow_runs(tracking_uri: str, artifacts: Path, names: list[str]) -> 
 def toy_job(folder: Path, task: str, run_ids: dict[str, str], run_name: str = "toy",
             eval_config: dict[str, Any] | None = None, **train: Any):
     """A TrainJob on folder/data (written by write_translation / write_classification)."""
-    from pipeline.stages.evaluate import EvalConfig
-    from pipeline.stages.train import ModelConfig, TrainConfig, TrainJob, Variant
+    from pipeline.config import EvalConfig, ModelConfig, TrainConfig, Variant
+    from pipeline.job import TrainJob
 
     def attention(name: str) -> dict[str, Any]:
         spec = TOY_SPECS[name]
@@ -140,7 +140,7 @@ def toy_job(folder: Path, task: str, run_ids: dict[str, str], run_name: str = "t
 
     return TrainJob(
         task=task,
-        variants=[Variant(name=name, attention=attention(name)) for name in run_ids],
+        variants=[Variant.parse(name, attention(name), task) for name in run_ids],
         model=ModelConfig(**TOY_MODEL),
         train=TrainConfig(**{**TOY_TRAIN, **train}),
         eval=EvalConfig(**{"beam_size": 2, **(eval_config or {})}),
@@ -161,7 +161,7 @@ def main(spec_file: str) -> None:
 
     import ray
 
-    from pipeline.stages.train import train_and_evaluate
+    from pipeline.job import train_and_evaluate
 
     logging.basicConfig(level=logging.INFO)
     spec = json.loads(Path(spec_file).read_text())

@@ -4,23 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pyarrow as pa
-import ray
-
 from pipeline.data import toy_sentiment, toy_translation
-from pipeline.data.schema import Schema, work_schema
 
 CORPORA: dict[str, tuple[str, Callable[[int, int], list[dict[str, object]]]]] = {
     "toy_translation": ("translation", toy_translation.generate),
     "toy_sentiment": ("classification", toy_sentiment.generate),
 }
 """name -> (task, generate(size, seed))."""
-
-
-def read_builtin(name: str, size: int, seed: int, schema: Schema) -> ray.data.Dataset:
-    """The corpus as canonical rows, all in the train split (validation and test are carved
-    from it by content hash, like any source without them)."""
-    _, generate = CORPORA[name]
-    rows = [{**row, "split": "train", "drop_reason": None, "key": None}
-            for row in generate(size, seed)]
-    return ray.data.from_arrow(pa.Table.from_pylist(rows, schema=work_schema(schema)))

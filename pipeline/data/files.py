@@ -14,10 +14,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import ray
 
 from heat.validation import ConfigError
-from pipeline.data import storage
+from pipeline import storage
 from pipeline.data.schema import PROBE_ROWS, Schema, check_schema, malformed_row, work_schema
 
 FORMATS = ("jsonl", "tsv", "parquet")
@@ -89,19 +88,6 @@ def _head_rows(uri: str, fmt: str) -> list[Any]:
     return rows
 
 
-def read_files(path: str, fmt: str, schema: Schema, split: str) -> ray.data.Dataset:
-    """The files at `path` as canonical rows (`work_schema`) tagged with `split`."""
-    if fmt == "parquet":
-        return ray.data.read_parquet(storage.resolve(path)).map_batches(
-            _records_to_rows, fn_kwargs={"schema": schema, "split": split},
-            batch_format="pyarrow",
-        )
-    return ray.data.read_binary_files(storage.resolve(path)).map_batches(
-        _lines_to_rows, fn_kwargs={"schema": schema, "split": split, "fmt": fmt},
-        batch_format="pyarrow", batch_size=1,  # one file per call: files can be large
-    )
-
-
 def records_to_rows(records: list[Any], schema: Schema, split: str) -> pa.Table:
     """HF-schema records (dicts) -> canonical rows; a record that does not fit is `malformed`."""
     rows = []
@@ -112,10 +98,6 @@ def records_to_rows(records: list[Any], schema: Schema, split: str) -> pa.Table:
         else:
             rows.append({**row, "split": split, "drop_reason": None, "key": None})
     return pa.Table.from_pylist(rows, schema=work_schema(schema))
-
-
-def _records_to_rows(batch: pa.Table, schema: Schema, split: str) -> pa.Table:
-    return records_to_rows(batch.to_pylist(), schema, split)
 
 
 def lines_to_rows(data: bytes, fmt: str, schema: Schema, split: str) -> pa.Table:
@@ -147,8 +129,3 @@ def _parse_line(text: str, fmt: str, schema: Schema) -> dict[str, Any] | None:
     except ValueError:
         return None
     return schema.from_record(record)
-
-
-def _lines_to_rows(batch: pa.Table, fmt: str, schema: Schema, split: str) -> pa.Table:
-    tables = [lines_to_rows(data, fmt, schema, split) for data in batch["bytes"].to_pylist()]
-    return pa.concat_tables(tables)

@@ -21,18 +21,15 @@ import logging
 import urllib.error
 import urllib.request
 
-import ray
-
 from heat.validation import ConfigError
-from pipeline.data.files import records_to_rows
-from pipeline.data.schema import PROBE_ROWS, Schema, check_schema
+from pipeline.data.schema import Schema
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
 
 
-def _offline_advice(schema: Schema) -> str:
+def offline_advice(schema: Schema) -> str:
     advice = (
         "use `data.source: local` with `data.files: {train: PATH, validation: PATH, test: PATH}` "
         f"(JSONL, TSV or Parquet; rows {schema.describe()})"
@@ -63,34 +60,5 @@ def check_reachable(hub_id: str, schema: Schema) -> None:
         raise ConfigError(
             "data.hub_id",
             f"cannot reach the HuggingFace hub ({constants.ENDPOINT}: {error}) to load "
-            f"{hub_id!r}; {_offline_advice(schema)}",
+            f"{hub_id!r}; {offline_advice(schema)}",
         ) from None
-
-
-def read_hub_split(
-    hub_id: str, hub_config: str | None, hub_split: str, revision: str | None,
-    schema: Schema, split: str,
-) -> ray.data.Dataset:
-    """One split of a hub data set as canonical rows (`work_schema`) tagged with `split`."""
-    import datasets
-
-    where = f"{hub_id!r} (config {hub_config!r}, split {hub_split!r})"
-    log.info("loading %s from the HuggingFace hub", where)
-    try:
-        table = datasets.load_dataset(hub_id, hub_config, split=hub_split, revision=revision)
-    except (OSError, ValueError) as error:  # not found, no connection, unknown config or split
-        raise ConfigError(
-            "data.hub_id", f"cannot load {where}: {error}; {_offline_advice(schema)}"
-        ) from None
-    except RuntimeError as error:
-        if "scripts are no longer supported" not in str(error):
-            raise
-        raise ConfigError("data.hub_revision", (
-            f"{where} is published as a loading script, which datasets no longer runs; set "
-            "data.hub_revision: refs/convert/parquet to read the hub's Parquet conversion")
-        ) from None
-    check_schema(schema, table.select(range(min(PROBE_ROWS, len(table)))).to_list(),
-                 f"hub data set {where}", "data.hub_id")
-    return ray.data.from_huggingface(table).map_batches(
-        lambda batch: records_to_rows(batch.to_pylist(), schema, split), batch_format="pyarrow"
-    )

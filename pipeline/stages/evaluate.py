@@ -1,72 +1,45 @@
-"""The evaluate stage: decoding and scoring, run on the training workers at the end of a variant.
+"""The evaluate stage: each variant's best weights, read back from storage, decoded and scored.
 
 Translation: batched beam search (`heat.decoding`), detokenized with the run's SentencePiece
 model, scored with sacrebleu's corpus BLEU and chrF, signatures included. Classification:
 argmax predictions, accuracy and macro-averaged F1.
 
-Each rank decodes its own share of the evaluation split (rows position % world == rank, see
-`pipeline.batching.RankRows`) and rank 0 gathers and scores: beam search is the costly part
-and splits evenly, while the gathered token lists are small. Nothing here imports Ray; the
-functions also score a model in a plain process (tests compare against an untrained model).
+The evaluation split is decoded in `train.num_workers` Ray tasks with a training worker's
+resources, each its share (rows position % shares == share, `pipeline.batching.RankRows`, as
+the training workers split their rows); the driver gathers, scores, writes the hypotheses and
+logs into the variant's MLflow child run. Beam search is the costly part and splits evenly; the
+gathered token lists are small. Because it reads only storage, a finished run can be re-scored
+with other settings (`heat-pipeline evaluate RUN --beam-size 5`): its scores are tracked under
+a label naming what changed (`test_beam5/bleu`). The decoding and scoring functions import no
+Ray and also score a model in a plain process.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import logging
+import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import sacrebleu
 import sentencepiece as spm
 import torch
 
 from heat.decoding import beam_search
 from heat.models import EncoderClassifier, Seq2SeqTransformer
-from heat.validation import ConfigError, check_int
-from pipeline.batching import ClassificationExamples, TranslationExamples
+from pipeline import storage
+from pipeline.batching import ClassificationExamples, Examples, RankRows, TranslationExamples
+from pipeline.config import EvalConfig, Variant
+from pipeline.stages.base import Stage, StageContext
+from pipeline.training.job import TrainJob
+from pipeline.training.outputs import HYPOTHESES_FILE, copy_to_storage, load_model, write_hypotheses
+from pipeline.training.run_log import VariantLog
 
-
-def _check_range(field: str, value: Any, low: float, high: float) -> None:
-    """A finite number in [low, high] (check_float's interval is open at the bottom)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not low <= value <= high:
-        raise ConfigError(field, f"must be a number in [{low}, {high}], got {value!r}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class EvalConfig:
-    """How the trained (best-validation) model of each variant is evaluated."""
-
-    split: Literal["test", "validation"] = "test"
-    """Split to score; GLUE's test labels are hidden, so its configs evaluate on validation."""
-    max_examples: int = 0
-    """Score only the first N rows of the split (0: all)."""
-    batch_size: int = 64
-    """Sentences per decoding batch (per rank); beam search multiplies it by beam_size."""
-    beam_size: int = 4
-    """Translation: beams per sentence; 1 is greedy decoding."""
-    length_penalty: float = 0.6
-    """Translation: GNMT length-penalty exponent alpha; 0 ranks hypotheses by raw log-prob."""
-    max_length_ratio: float = 1.5
-    """Translation: decode at most ratio x (longest source in the batch) + offset tokens ..."""
-    max_length_offset: int = 10
-    """... capped at the model's max_length."""
-
-    def __post_init__(self) -> None:
-        check_int("max_examples", self.max_examples, 0)
-        check_int("batch_size", self.batch_size, 1)
-        check_int("beam_size", self.beam_size, 1, 64)
-        _check_range("length_penalty", self.length_penalty, 0.0, 10.0)
-        _check_range("max_length_ratio", self.max_length_ratio, 0.0, 100.0)
-        check_int("max_length_offset", self.max_length_offset, 0)
-        if self.max_length_ratio == 0 and self.max_length_offset == 0:
-            raise ConfigError("max_length_offset", "must be >= 1 when max_length_ratio is 0")
-
-    def decode_length(self, longest_source: int, model_max_length: int) -> int:
-        wanted = math.ceil(self.max_length_ratio * longest_source) + self.max_length_offset
-        return max(1, min(model_max_length, wanted))
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,3 +147,123 @@ def classification_scores(
         "accuracy": accuracy(predictions, labels),
         "f1": macro_f1(predictions, labels, num_classes),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver: Ray tasks decode, the driver scores and tracks
+
+
+def evaluate(job: TrainJob, trained: dict[str, dict[str, Any]], *, out_uri: str | None = None,
+             label: str = "") -> dict[str, dict[str, Any]]:
+    """Score every variant's best weights (`job.checkpoint_uri`) on `job.eval.split`.
+
+    `trained` is the train stage's result per variant (its step count is the step the scores are
+    logged at). Hypotheses go to `<out_uri>/<variant>/` (default: beside the weights). `label`
+    '' logs the scores under their plain names (bleu, chrf, accuracy, f1), another label under
+    `<label>/<name>`, so a re-scoring adds to the child run instead of overwriting it."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    shares = job.train.num_workers
+    decode = ray.remote(decode_share).options(
+        num_cpus=job.train.cpus_per_worker, num_gpus=1 if job.train.use_gpu else 0)
+    # Every variant's shares at once: Ray runs them as CPUs free up.
+    pending = {v.name: [decode.remote(job, v, share, shares) for share in range(shares)]
+               for v in job.variants}
+    results = {}
+    for variant in job.variants:
+        rows = sorted(row for part in ray.get(pending[variant.name]) for row in part)
+        folder = storage.join(out_uri, variant.name) if out_uri else job.result_uri(variant.name)
+        results[variant.name] = _score_and_track(job, variant, rows, folder, label,
+                                                 step=trained[variant.name]["steps"])
+        logger.info("variant %s: %s", variant.name, _scores_text(results[variant.name]))
+    return results
+
+
+def decode_share(job: TrainJob, variant: Variant, share: int, shares: int) -> list[tuple]:
+    """One Ray task: this share's (position, output, truth) rows of the evaluation split."""
+    torch.set_num_threads(job.train.torch_threads)
+    device = torch.device("cuda" if job.train.use_gpu else "cpu")
+    model = load_model(job.checkpoint_uri(variant.name)).to(device)
+    examples = evaluation_rows(job, share, shares)
+    if job.task == "translation":
+        outputs = translate(model, examples, job.eval, device)
+        return list(zip(examples.index.tolist(), outputs, examples.refs or []))
+    predictions = classify(model, examples, job.eval, device)
+    return list(zip(examples.index.tolist(), predictions.tolist(), examples.labels.tolist()))
+
+
+def evaluation_rows(job: TrainJob, share: int, shares: int) -> Examples:
+    """This share's rows of the evaluation split (its first max_examples rows, if set)."""
+    rows = RankRows(job.task, share, shares, keep_refs=job.task == "translation",
+                    max_rows=job.eval.max_examples)
+    fs, _ = storage.filesystem(job.split_uri(job.eval.split))
+    for uri in storage.list_files(job.split_uri(job.eval.split)):
+        if uri.endswith(".parquet"):
+            rows.add(pq.read_table(storage.filesystem(uri)[1], filesystem=fs))
+    return rows.examples()
+
+
+def _score_and_track(job: TrainJob, variant: Variant, rows: list[tuple], folder: str,
+                     label: str, step: int) -> dict[str, Any]:
+    """Scores of the gathered rows; hypotheses to storage; both into the MLflow child run."""
+    _, outputs, truths = zip(*rows)
+    if job.task == "translation":
+        texts = detokenize(job.tokenizer_model, outputs)
+        scores = translation_scores(texts, truths)
+    else:
+        texts = [str(label) for label in outputs]
+        scores = classification_scores(np.array(outputs), np.array(truths), job.num_labels or 0)
+    log = VariantLog(job.tracking_uri, job.mlflow_run_ids[variant.name])
+    prefix = f"{label}/" if label else ""
+    with tempfile.TemporaryDirectory(prefix="heat-eval-") as tmp:
+        write_hypotheses(Path(tmp), texts)
+        copy_to_storage(Path(tmp), folder)
+        log.artifact(Path(tmp) / HYPOTHESES_FILE, label or None)
+    log.metrics({prefix + k: v for k, v in scores.items() if isinstance(v, float)}, step=step)
+    log.tags({prefix + k: v for k, v in scores.items() if isinstance(v, str)})
+    return {**scores, "hypotheses_uri": storage.join(folder, HYPOTHESES_FILE)}
+
+
+def _scores_text(scores: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in scores.items() if isinstance(v, float))
+
+
+def evaluation_label(run: EvalConfig, wanted: EvalConfig) -> str:
+    """'' for the run's own eval settings; else the split and what differs, e.g. 'test_beam5'."""
+    if wanted == run:
+        return ""
+    short = {"beam_size": "beam", "length_penalty": "lp", "max_examples": "n",
+             "batch_size": "batch", "max_length_ratio": "ratio", "max_length_offset": "offset"}
+    changed = [f"{short[f.name]}{getattr(wanted, f.name):g}"
+               for f in dataclasses.fields(EvalConfig)
+               if f.name in short and getattr(wanted, f.name) != getattr(run, f.name)]
+    return "_".join([wanted.split, *changed])
+
+
+class EvaluateStage(Stage):
+    name = "evaluate"
+    sections = ("eval",)
+    code = ("pipeline/stages/evaluate.py", "pipeline/batching.py", "pipeline/training/outputs.py",
+            "heat/**/*.py")
+    per_run = True
+
+    def inputs(self, context: StageContext) -> dict[str, Any]:
+        return {"trained": context.outcomes["train"].uri,
+                "eval": dataclasses.asdict(context.task.eval)}
+
+    def run(self, context: StageContext, out_uri: str) -> dict[str, Any]:
+        """Score into the variants' child runs (reopened if training was skipped), end them."""
+        task, tracker = context.task, context.tracker
+        tokenized, trained = context.outcomes["tokenize"], context.outcomes["train"]
+        children = tracker.child_runs(task.name, [v.name for v in task.variants])
+        job = TrainJob.for_task(
+            task, data_uri=tokenized.uri,
+            tokenizer_model=storage.read_bytes(storage.join(tokenized.uri, "spm.model")),
+            train_uri=trained.uri, tracking_uri=tracker.tracking_uri,
+            mlflow_run_ids={n: c.run_id for n, c in children.items()})
+        results = evaluate(job, trained.result, out_uri=out_uri, label=context.eval_label)
+        for child in children.values():
+            tracker.finish(child.run_id)
+        return results

@@ -14,15 +14,15 @@ the data is partitioned. The model travels to the Ray workers as bytes, never as
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -31,92 +31,15 @@ import sentencepiece as spm
 from ray.data import SaveMode
 from tqdm import tqdm
 
-from heat.validation import ConfigError, check_float, check_int
-from pipeline.configtools import build, load_yaml
-from pipeline.data import storage
+from heat.validation import ConfigError, check_int
+from pipeline import storage
+from pipeline.config import DataConfig, TokenizerSpec
 from pipeline.data.cleaning import SPLITS
 from pipeline.data.encoding import SentencePieceEncoder
 from pipeline.data.schema import Schema
-from pipeline.stages.prepare import DataConfig
+from pipeline.stages.base import Stage, StageContext, result_dict
 
 log = logging.getLogger(__name__)
-
-TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "tokenizers"
-"""Where `load_tokenizer_spec` finds specs by name: tokenizers/<name>.yaml in the repository."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class TokenizerSpec:
-    """A SentencePiece vocabulary: the `tokenizer` section, or a tokenizers/<name>.yaml file."""
-
-    model_type: Literal["unigram", "bpe", "char", "word"] = "unigram"
-    vocab_size: int = 8000
-    """Pieces including the special ones; an upper bound for `char`. Too many for the corpus
-    is an error naming the maximum SentencePiece reports."""
-    character_coverage: float = 1.0
-    """Share of characters the model covers (1.0 for Latin scripts; rarer ones become unk, or
-    bytes with byte_fallback)."""
-    byte_fallback: bool = False
-    """Spell unknown characters as UTF-8 byte pieces (needs 256 extra pieces)."""
-    normalization_rule_name: Literal["identity", "nfkc", "nmt_nfkc", "nfkc_cf", "nmt_nfkc_cf"] = (
-        "identity")
-    """SentencePiece's own normalisation; identity because prepare already normalised the text,
-    which keeps decode(encode(text)) == text and the BLEU references exact."""
-    pad_id: int = 0
-    bos_id: int = 1
-    eos_id: int = 2
-    unk_id: int = 3
-    input_sentence_size: int = 1_000_000
-    """Sentences (source and target each count) sampled from train to fit the model on."""
-    seed: int = 0
-    """Seeds the sample and SentencePiece's own sampling."""
-    user_defined_symbols: list[str] = field(default_factory=list)
-    """Pieces always kept whole (e.g. markup tokens)."""
-
-    def __post_init__(self) -> None:
-        specials = {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id,
-                    "unk_id": self.unk_id}
-        reserved = len(specials) + len(self.user_defined_symbols) + (256 if self.byte_fallback
-                                                                      else 0)
-        if self.byte_fallback and self.vocab_size <= reserved:
-            raise ConfigError("vocab_size", f"must exceed {reserved} with byte_fallback (256 "
-                                            f"byte pieces + special pieces), got {self.vocab_size}")
-        check_int("vocab_size", self.vocab_size, reserved + 1)
-        check_float("character_coverage", self.character_coverage, 0.0, 1.0)
-        for name, value in specials.items():
-            check_int(name, value, 0, self.vocab_size - 1)
-        if len(set(specials.values())) != len(specials):
-            raise ConfigError("pad_id", f"the special ids must be distinct, got {specials}")
-        check_int("input_sentence_size", self.input_sentence_size, 1)
-        check_int("seed", self.seed, 0)
-        for i, symbol in enumerate(self.user_defined_symbols):
-            if not symbol or any(c.isspace() for c in symbol):
-                raise ConfigError(f"user_defined_symbols[{i}]",
-                                  f"must be non-empty without whitespace, got {symbol!r}")
-
-
-def load_tokenizer_spec(source: str | Mapping[str, Any]) -> TokenizerSpec:
-    """The `tokenizer` config value: a name (tokenizers/<name>.yaml), a path to a YAML file, or
-    an inline mapping. Errors name the file and the key."""
-    if isinstance(source, Mapping):
-        return build(TokenizerSpec, source, "tokenizer")
-    if not isinstance(source, str):
-        raise ConfigError("tokenizer", f"must be a spec name ({', '.join(spec_names())}), a "
-                                       f"YAML path or a mapping, got {source!r}")
-    path = Path(source) if source.endswith((".yaml", ".yml")) else TOKENIZER_DIR / f"{source}.yaml"
-    if not path.is_file():
-        raise ConfigError("tokenizer", f"no tokenizer spec {source!r}: {path} does not exist; "
-                                       f"known specs: {', '.join(spec_names())}")
-    try:
-        return build(TokenizerSpec, load_yaml(str(path)), "tokenizer")
-    except ConfigError as error:
-        message = str(error)[len(error.field) + 2:]
-        raise ConfigError(error.field, f"{message} (in {path})") from None
-
-
-def spec_names() -> list[str]:
-    return sorted(p.stem for p in TOKENIZER_DIR.glob("*.yaml"))
-
 
 @dataclass(frozen=True)
 class TokenizeResult:
@@ -301,3 +224,24 @@ def load_tokenize_result(out_uri: str) -> TokenizeResult:
         bos_id=summary["bos_id"], eos_id=summary["eos_id"],
         model_proto=storage.read_bytes(storage.join(out_uri, "spm.model")),
     )
+
+
+class TokenizeStage(Stage):
+    name = "tokenize"
+    sections = ("tokenizer",)
+    code = ("pipeline/stages/tokenize.py", "pipeline/data/encoding.py")
+
+    def inputs(self, context: StageContext) -> dict[str, Any]:
+        task = context.task
+        return {"prepared": context.outcomes["prepare"].uri,
+                "tokenizer": dataclasses.asdict(task.tokenizer),
+                "max_tokens": task.model.max_length}
+
+    def run(self, context: StageContext, out_uri: str) -> dict[str, Any]:
+        task = context.task
+        return result_dict(run_tokenize(task.tokenizer, task.data,
+                                        context.outcomes["prepare"].uri, out_uri,
+                                        max_tokens=task.model.max_length, num_cpus=context.cpus))
+
+    def load(self, uri: str) -> TokenizeResult:
+        return load_tokenize_result(uri)

@@ -1,341 +1,60 @@
-"""The train stage: configs, the job a Ray Tune trial runs, and its driver `train_and_evaluate`.
+"""The train stage: every variant of a task trained in one Ray Train + DeepSpeed run.
 
-One `TorchTrainer.fit()` trains and evaluates ALL of a job's attention variants, one after
-another: a fit costs 16-45 s of start-up on CPU (worker processes, process group, dataset
-readers), which twelve separate fits would pay twelve times. Each variant gets a fresh DeepSpeed
-engine inside the same workers; the checkpoint records which variants are finished and with which
-results, so a killed run restarted with the same (storage_uri, run_name) skips them and resumes
-the current one from its last step (`pipeline.training.worker`).
+One `TorchTrainer.fit()` trains ALL of a job's attention variants, one after another: a fit
+costs 16-45 s of start-up on CPU (worker processes, process group, dataset readers), which
+twelve separate fits would pay twelve times. Each variant gets a fresh DeepSpeed engine inside
+the same workers; the checkpoint records which variants are finished and with which results, so
+a killed run restarted with the same (storage_uri, run_name) skips them and resumes the current
+one from its last step (`pipeline.training.worker`). Each variant's best weights go to storage,
+where the evaluate stage reads them.
 
-The driver needs a running Ray (the orchestrator's `ray.init`) and returns the per-variant
-results the workers stored in the final checkpoint.
+`train` needs a running Ray (the orchestrator's `ray.init`, or it starts a local one) and
+returns the per-variant results the workers stored in the final checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
-from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Any, Literal
+from typing import Any
 
-from heat.attention import AttentionSpec, spec_from_dict
-from heat.attention import SpecError
-from heat.models import AttentionSites, ClassifierConfig, Seq2SeqConfig
-from heat.validation import (
-    ConfigError,
-    check_bool,
-    check_choice,
-    check_float,
-    check_fraction,
-    check_int,
-)
-from pipeline.stages.evaluate import EvalConfig
+import yaml
+
+from heat.validation import ConfigError
+from pipeline import storage
+from pipeline.config import TrainConfig
+from pipeline.stages.base import Stage, StageContext
+from pipeline.tracking import flatten
+from pipeline.training.job import TrainJob
 from pipeline.training.state import PROGRESS_FILE
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("translation", "classification")
-DATASET = "splits"
-"""The name of the Ray dataset (all splits, with a `path` column) the workers read."""
 
-
-# ---------------------------------------------------------------------------------------------
-# Config sections
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelConfig:
-    """Model sizes shared by all variants of a task; the attention comes from each variant."""
-
-    d_model: int = 512
-    num_heads: int = 8
-    num_encoder_layers: int = 6
-    """Encoder layers (the classifier's only stack)."""
-    num_decoder_layers: int = 6
-    """Decoder layers (translation only)."""
-    ffn_dim: int = 2048
-    dropout: float = 0.1
-    norm_first: bool = True
-    """Pre-norm (True) or post-norm (False)."""
-    max_length: int = 256
-    """Longest sequence (eos included) the model accepts; tokenize truncates to it."""
-    label_smoothing: float = 0.1
-    """Translation loss only (the classifier's cross-entropy is unsmoothed)."""
-    pooling: Literal["mean", "first"] = "mean"
-    """Classification: mean over non-padding positions, or the first token."""
-    num_segments: int = 2
-    """Classification: segment embeddings (2 for sentence pairs)."""
-
-    def __post_init__(self) -> None:
-        for name in ("d_model", "num_heads", "num_encoder_layers", "num_decoder_layers",
-                     "ffn_dim", "num_segments"):
-            check_int(name, getattr(self, name), 1)
-        check_int("max_length", self.max_length, 2)
-        if self.d_model % self.num_heads:
-            raise ConfigError(
-                "d_model", f"must be divisible by num_heads={self.num_heads}, got {self.d_model}"
-            )
-        check_fraction("dropout", self.dropout)
-        check_fraction("label_smoothing", self.label_smoothing)
-        check_bool("norm_first", self.norm_first)
-        check_choice("pooling", self.pooling, ("mean", "first"))
-
-    def seq2seq(self, vocab_size: int, attention: AttentionSites) -> Seq2SeqConfig:
-        return Seq2SeqConfig(
-            vocab_size=vocab_size, d_model=self.d_model, num_heads=self.num_heads,
-            num_encoder_layers=self.num_encoder_layers, num_decoder_layers=self.num_decoder_layers,
-            ffn_dim=self.ffn_dim, dropout=self.dropout, norm_first=self.norm_first,
-            max_length=self.max_length, label_smoothing=self.label_smoothing, attention=attention,
-        )
-
-    def classifier(
-        self, vocab_size: int, num_classes: int, attention: AttentionSpec
-    ) -> ClassifierConfig:
-        return ClassifierConfig(
-            vocab_size=vocab_size, num_classes=num_classes, d_model=self.d_model,
-            num_heads=self.num_heads, num_layers=self.num_encoder_layers, ffn_dim=self.ffn_dim,
-            dropout=self.dropout, norm_first=self.norm_first, max_length=self.max_length,
-            num_segments=self.num_segments, pooling=self.pooling, attention_spec=attention,
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """Ray Train scaling, DeepSpeed and optimisation settings, identical for every variant."""
-
-    num_workers: int = 1
-    """Ray Train workers (data-parallel ranks)."""
-    use_gpu: bool = False
-    """One GPU per worker, NCCL; otherwise CPU, gloo and DS_ACCELERATOR=cpu."""
-    cpus_per_worker: float = 1.0
-    """CPUs Ray reserves per worker. Ray Data needs a CPU left over to read the splits."""
-    threads_per_worker: int = 0
-    """torch intra-op threads per worker; 0: cpus_per_worker rounded up."""
-    zero_stage: int = 2
-    """DeepSpeed ZeRO stage 0, 1 or 2 (3 partitions the weights, which the best-weights copy
-    and decoding read whole)."""
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
-    """bf16 or fp32 on CPU; fp16 (dynamic loss scaling) needs a GPU."""
-    lr: float = 5e-4
-    """Peak learning rate, reached at the end of the warmup."""
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-9
-    weight_decay: float = 0.0
-    warmup_steps: int = 4000
-    """Optimizer steps of linear warmup from 0 to lr."""
-    schedule: Literal["linear", "cosine", "inverse_sqrt", "constant"] = "inverse_sqrt"
-    """Decay after warmup: to 0 at max_steps (linear, cosine), lr sqrt(warmup / step), or none."""
-    max_steps: int = 100_000
-    """Optimizer steps per variant (every rank runs exactly this many; epochs cycle)."""
-    grad_accum_steps: int = 1
-    """Micro-batches per optimizer step."""
-    grad_clip: float = 1.0
-    """Global gradient-norm clip; 0 disables it."""
-    tokens_per_batch: int = 4096
-    """Padded tokens (source + target) per micro-batch and rank."""
-    val_every: int = 1000
-    """Optimizer steps between validation losses (also after the last step)."""
-    early_stopping_patience: int = 0
-    """Stop a variant after this many validations without a new best loss; 0 never stops."""
-    checkpoint_every: int = 1000
-    """Optimizer steps between checkpoints (resumable points); 0: only when a variant ends."""
-    keep_checkpoints: int = 2
-    """Checkpoints kept in storage (the latest always among them)."""
-    max_failures: int = 0
-    """Worker failures Ray Train recovers from (restarting from the latest checkpoint)."""
-    seed: int = 0
-    log_every: int = 50
-    """Optimizer steps between train/loss, lr and tokens/s metrics."""
-
-    def __post_init__(self) -> None:
-        check_int("num_workers", self.num_workers, 1)
-        check_bool("use_gpu", self.use_gpu)
-        check_float("cpus_per_worker", self.cpus_per_worker, 0.0, 1024.0)
-        check_int("threads_per_worker", self.threads_per_worker, 0)
-        check_int("zero_stage", self.zero_stage, 0, 2)
-        check_choice("precision", self.precision, ("fp32", "bf16", "fp16"))
-        if self.precision == "fp16" and not self.use_gpu:
-            raise ConfigError("precision", "fp16 needs a GPU (use_gpu: true); use bf16 or fp32 "
-                                           "on CPU")
-        check_float("lr", self.lr, 0.0, 1.0)
-        if not isinstance(self.betas, list) or len(self.betas) != 2:
-            raise ConfigError("betas", f"must be a list of two numbers, got {self.betas!r}")
-        for i, beta in enumerate(self.betas):
-            check_fraction(f"betas[{i}]", beta)
-        check_float("eps", self.eps, 0.0, 1.0)
-        check_fraction("weight_decay", self.weight_decay)
-        check_choice("schedule", self.schedule, ("linear", "cosine", "inverse_sqrt", "constant"))
-        for name in ("max_steps", "grad_accum_steps", "tokens_per_batch", "val_every",
-                     "keep_checkpoints", "log_every"):
-            check_int(name, getattr(self, name), 1)
-        for name in ("warmup_steps", "early_stopping_patience", "checkpoint_every",
-                     "max_failures", "seed"):
-            check_int(name, getattr(self, name), 0)
-        if self.warmup_steps >= self.max_steps:
-            raise ConfigError(
-                "warmup_steps",
-                f"must be smaller than max_steps={self.max_steps}, got {self.warmup_steps} "
-                f"(the learning rate would never reach lr)",
-            )
-        clip = self.grad_clip
-        if not isinstance(clip, (int, float)) or isinstance(clip, bool) \
-                or not 0.0 <= clip < float("inf"):
-            raise ConfigError("grad_clip", f"must be a number >= 0 (0: off), got {clip!r}")
-
-    @property
-    def torch_threads(self) -> int:
-        return self.threads_per_worker or max(1, -int(-self.cpus_per_worker // 1))
-
-
-# ---------------------------------------------------------------------------------------------
-# The job
-
-
-_VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Variant:
-    """One attention variant to train: a name (paths, MLflow) and its attention.
-
-    Translation: a mapping site -> spec in `heat.models.AttentionSites.from_dict` format.
-    Classification: one spec mapping such as `{"name": "heat", "rank": 8}`.
-    """
-
-    name: str
-    attention: dict[str, Any]
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _VARIANT_NAME.fullmatch(self.name):
-            raise ConfigError("variants", f"variant name must match {_VARIANT_NAME.pattern} "
-                                          f"(it names folders and runs), got {self.name!r}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainJob:
-    """Everything one `train_and_evaluate` call needs; built by the orchestrator (or a Tune trial).
-
-    Validated on construction: every variant's model config is built here, so a bad attention
-    spec or size fails before Ray starts anything.
-    """
-
-    task: str
-    """'translation' or 'classification'."""
-    variants: list[Variant]
-    model: ModelConfig
-    train: TrainConfig
-    eval: EvalConfig
-    data_uri: str
-    """The tokenize stage's output: {train,validation,test}.parquet."""
-    tokenizer_model: bytes
-    """The SentencePiece model proto (vocabulary size, detokenization on the workers)."""
-    storage_uri: str
-    """RunConfig.storage_path: checkpoints, hypotheses and best weights go under it."""
-    run_name: str
-    """RunConfig.name: the same (storage_uri, run_name) resumes a killed run."""
-    tracking_uri: str
-    mlflow_run_ids: dict[str, str]
-    """Variant name -> its MLflow child run, created by the orchestrator."""
-    num_labels: int | None = None
-    """Classification: number of classes (labels 0 .. num_labels - 1)."""
-
-    def __post_init__(self) -> None:
-        check_choice("task", self.task, TASKS)
-        if not self.variants:
-            raise ConfigError("variants", "at least one variant is required")
-        names = [v.name for v in self.variants]
-        duplicate = next((n for n in names if names.count(n) > 1), None)
-        if duplicate:
-            raise ConfigError(f"variants.{duplicate}", "variant names must be unique")
-        missing = [n for n in names if n not in self.mlflow_run_ids]
-        if missing:
-            raise ConfigError("mlflow_run_ids", f"no MLflow run id for variant(s) {missing}")
-        if self.task == "classification":
-            check_int("num_labels", self.num_labels, 2)
-        self._check_budget()
-        if self.vocab_size < 4:  # also parses the model: a bad one fails before the variants
-            raise ConfigError("tokenizer_model", f"has {self.vocab_size} pieces; pad, bos, eos "
-                                                 f"and unk alone take 4")
-        for variant in self.variants:
-            self.model_config(variant)
-
-    def _check_budget(self) -> None:
-        columns = 2 if self.task == "translation" else 1
-        if self.train.tokens_per_batch < columns * self.model.max_length:
-            raise ConfigError(
-                "train.tokens_per_batch",
-                f"must be >= {columns * self.model.max_length} ({columns} x model.max_length="
-                f"{self.model.max_length}) so that the longest example fits a batch, got "
-                f"{self.train.tokens_per_batch}",
-            )
-
-    @cached_property
-    def vocab_size(self) -> int:
-        import sentencepiece as spm
-
-        try:
-            processor = spm.SentencePieceProcessor(model_proto=self.tokenizer_model)
-        except (RuntimeError, TypeError) as error:
-            raise ConfigError("tokenizer_model", f"is not a SentencePiece model: {error}") from None
-        return processor.get_piece_size()
-
-    def model_config(self, variant: Variant) -> Seq2SeqConfig | ClassifierConfig:
-        """The heat.models config of a variant; ConfigError naming the variant when invalid."""
-        try:
-            if self.task == "translation":
-                sites = AttentionSites.from_dict(variant.attention)
-                return self.model.seq2seq(self.vocab_size, sites)
-            spec = spec_from_dict(variant.attention)
-            assert self.num_labels is not None  # checked in __post_init__
-            return self.model.classifier(self.vocab_size, self.num_labels, spec)
-        except (ConfigError, SpecError) as error:
-            raise ConfigError(f"variants.{variant.name}.{error.field}",
-                              str(error).split(": ", 1)[1]) from None
-
-    def result_uri(self, variant: str) -> str:
-        """Folder of a variant's hypotheses and best weights (beside Ray's checkpoints)."""
-        return f"{self.storage_uri.rstrip('/')}/{self.run_name}/results/{variant}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Driver
-
-
-def train_and_evaluate(
-    job: TrainJob, *, run_callbacks: list[Any] | None = None
-) -> dict[str, dict[str, Any]]:
-    """Train and evaluate every variant of `job` in one Ray Train run; results per variant.
+def train(job: TrainJob, *, run_callbacks: list[Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Train every variant of `job` in one Ray Train run; per variant its training summary
+    (steps, tokens/s, best validation loss, where its best weights are, ...).
 
     Resumes from the run's latest checkpoint when (storage_uri, run_name) was used before.
-    Raises when training fails (the orchestrator marks the MLflow runs FAILED).
-    run_callbacks go to RunConfig.callbacks: a Ray Tune trial passes
-    `ray.tune.integration.ray_train.TuneReportCallback()` so that the checkpoint reports
-    (variant, step, best_val_loss) and each variant's final scores reach Tune.
-    Starts a local Ray when none is running (as Ray Data and Ray Train would).
+    Raises when training fails (the caller marks the MLflow runs FAILED). run_callbacks go to
+    RunConfig.callbacks (a Ray Tune trial's `TuneReportCallback`: each checkpoint reports
+    variant, step and best_val_loss). Starts a local Ray when none is running.
     """
     import ray
     import ray.data
     from ray.data import ExecutionOptions
-    from ray.train import (
-        CheckpointConfig,
-        DataConfig,
-        FailureConfig,
-        RunConfig,
-        ScalingConfig,
-    )
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.training.worker import train_worker
+    from pipeline.training.worker import DATASET, train_worker
 
     if not ray.is_initialized():
         ray.init()
     _check_cpus_left_for_data(job.train)
-    splits = sorted({"train", "validation", job.eval.split})
-    # One dataset over the three files: each Ray Data execution costs seconds of start-up,
-    # and the workers route the rows back to their split by file name.
-    files = [f"{job.data_uri.rstrip('/')}/{split}.parquet" for split in splits]
+    _check_splits(job)
+    # One dataset over both files: each Ray Data execution costs seconds of start-up, and the
+    # workers route the rows back to their split by file name.
+    files = [job.split_uri(split) for split in ("train", "validation")]
     dataset = ray.data.read_parquet(files, include_paths=True)
     # Every worker re-reads this stream for each pass; their progress bars would go on printing
     # through the driver's console after the run's summary. Training logs its own progress.
@@ -366,6 +85,14 @@ def train_and_evaluate(
     )
     result = trainer.fit()  # raises TrainingFailedError when the workers fail
     return _read_results(result.checkpoint, job)
+
+
+def _check_splits(job: TrainJob) -> None:
+    """Every split the job reads (training, validation, evaluation) exists, before the fit."""
+    for split in sorted({"train", "validation", job.eval.split}):
+        if not storage.exists(job.split_uri(split)):
+            raise ConfigError("data_uri", f"{job.split_uri(split)} does not exist: the tokenize "
+                                          f"stage writes train, validation and test splits")
 
 
 def _check_cpus_left_for_data(train: TrainConfig) -> None:
@@ -411,3 +138,38 @@ def _read_results(checkpoint, job: TrainJob) -> dict[str, dict[str, Any]]:
         raise RuntimeError(f"run {job.run_name} ended without results for {missing}")
     return {v.name: finished[v.name] for v in job.variants}
 
+
+
+class TrainStage(Stage):
+    name = "train"
+    sections = ("model", "train")
+    code = ("pipeline/stages/train.py", "pipeline/batching.py", "pipeline/training/*.py",
+            "heat/**/*.py")
+    per_run = True
+    keep_partial = True
+
+    def inputs(self, context: StageContext) -> dict[str, Any]:
+        task = context.task
+        return {"tokenized": context.outcomes["tokenize"].uri, **task.sections("model", "train"),
+                "variants": [{"name": v.name, "attention": v.attention_dict()}
+                             for v in task.variants]}
+
+    def run(self, context: StageContext, out_uri: str) -> dict[str, Any]:
+        """Open (or reopen) the variants' MLflow child runs, log what they train, train."""
+        task, tracker = context.task, context.tracker
+        tokenized = context.outcomes["tokenize"]
+        model_proto = storage.read_bytes(storage.join(tokenized.uri, "spm.model"))
+        children = tracker.child_runs(task.name, [v.name for v in task.variants])
+        for variant in task.variants:
+            params = {**task.sections(), "task": task.name, "variant": variant.name,
+                      "attention": variant.attention_dict(),
+                      "data_rows": context.outcomes["prepare"].result["rows"],
+                      "tokenizer_pieces": tokenized.result["vocab_size"]}
+            run_id = children[variant.name].run_id
+            tracker.log_params(run_id, flatten(params))
+            tracker.log_text(run_id, yaml.safe_dump(params, sort_keys=False), "config.yaml")
+            tracker.log_bytes(run_id, model_proto, "tokenizer/spm.model")
+        job = TrainJob.for_task(task, data_uri=tokenized.uri, tokenizer_model=model_proto,
+                                train_uri=out_uri, tracking_uri=tracker.tracking_uri,
+                                mlflow_run_ids={n: c.run_id for n, c in children.items()})
+        return train(job)

@@ -1,12 +1,14 @@
-"""A finished variant's files: hypotheses, best weights with their config, copied to storage.
+"""A finished variant's files: best weights with their config, hypotheses, copied to storage.
 
-They go to `TrainJob.result_uri(variant)` (any pyarrow filesystem URI) and, by rank 0, into the
-variant's MLflow run; `model_config.json` holds enough to rebuild the model with `heat.models`.
+The weights go to `TrainJob.checkpoint_uri(variant)` (any pyarrow filesystem URI) and, by rank 0,
+into the variant's MLflow run; `model_config.json` holds enough to rebuild the model with
+`heat.models`, which `load_model` does (the evaluate stage reads them back from storage).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,8 +16,15 @@ from pathlib import Path
 import pyarrow.fs
 import torch
 
-from heat.attention import spec_to_dict
-from heat.models import ClassifierConfig, Seq2SeqConfig
+from heat.attention import spec_from_dict, spec_to_dict
+from heat.models import (
+    AttentionSites,
+    ClassifierConfig,
+    EncoderClassifier,
+    Seq2SeqConfig,
+    Seq2SeqTransformer,
+)
+from pipeline import storage
 
 HYPOTHESES_FILE = "hypotheses.txt"
 BEST_CHECKPOINT_DIR = "best_checkpoint"
@@ -43,6 +52,24 @@ def save_model(
     raw["class"] = type(config).__name__
     (target / "model_config.json").write_text(json.dumps(raw, indent=1), encoding="utf-8")
     return target
+
+
+def load_model(uri: str) -> Seq2SeqTransformer | EncoderClassifier:
+    """The model `save_model` wrote to `uri` (a local folder or any storage URI), in eval mode.
+
+    The weights load with `weights_only=True`: a checkpoint is data, never code."""
+    raw = storage.read_json(storage.join(uri, "model_config.json"))
+    cls = raw.pop("class")
+    if cls == "Seq2SeqConfig":
+        model: torch.nn.Module = Seq2SeqTransformer(
+            Seq2SeqConfig(**{**raw, "attention": AttentionSites.from_dict(raw["attention"])}))
+    else:
+        model = EncoderClassifier(ClassifierConfig(
+            **{**raw, "attention_spec": spec_from_dict(raw["attention_spec"])}))
+    weights = io.BytesIO(storage.read_bytes(storage.join(uri, "model.pt")))
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
 
 
 def copy_to_storage(folder: Path, uri: str) -> None:

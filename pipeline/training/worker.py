@@ -1,9 +1,10 @@
-"""The Ray Train worker loop: load this rank's data once, then train and evaluate each variant.
+"""The Ray Train worker loop: load this rank's data once, then train each variant.
 
 Reads as: set up the worker, restore the run's progress, and for every variant not finished yet
 build a model and a DeepSpeed engine, resume it if the checkpoint was taken inside it, run
-optimizer steps (validating, checkpointing, logging), evaluate the best weights, record the
-result. Every rank runs exactly `max_steps` optimizer steps per variant and takes the same
+optimizer steps (validating, checkpointing, logging), save the best weights to storage, record
+the result. Evaluation is its own stage (`pipeline.stages.evaluate`): it reads those weights
+from storage, so a finished run can be re-scored without training again. Every rank runs exactly `max_steps` optimizer steps per variant and takes the same
 validation/checkpoint decisions from all-reduced numbers, so `ray.train.report` (a barrier) is
 called the same number of times everywhere.
 
@@ -24,9 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 
 from pipeline.batching import (
     BatchPosition,
@@ -36,17 +35,12 @@ from pipeline.batching import (
     group_by_split,
     token_budget_batches,
 )
-from pipeline.stages import evaluate
-from pipeline.stages.train import DATASET, TrainJob, Variant
+from pipeline.config import Variant
 from pipeline.training.engine import create_engine, quiet_deepspeed
+from pipeline.training.rank import Worker
+from pipeline.training.job import TrainJob
 from pipeline.training.objectives import Objective, build_objective
-from pipeline.training.outputs import (
-    BEST_CHECKPOINT_DIR,
-    HYPOTHESES_FILE,
-    copy_to_storage,
-    save_model,
-    write_hypotheses,
-)
+from pipeline.training.outputs import BEST_CHECKPOINT_DIR, copy_to_storage, save_model
 from pipeline.training.run_log import LOSS_CURVE_FILE, VariantLog
 from pipeline.training.state import (
     Progress,
@@ -63,34 +57,6 @@ logger = logging.getLogger(__name__)
 # Worker set-up
 
 
-@dataclass(frozen=True)
-class Worker:
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def all_reduce(self, values: list[float], op: str = "sum") -> list[float]:
-        """Element-wise sum (or max) over ranks of a few floats, in float64.
-
-        The tensor lives on the worker's device: NCCL reduces CUDA tensors only."""
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        if dist.is_initialized() and self.world_size > 1:
-            dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
-        return tensor.cpu().tolist()
-
-    def gather(self, items: list[Any]) -> list[Any]:
-        """All ranks' items concatenated (rank order); small Python objects only."""
-        if not dist.is_initialized() or self.world_size == 1:
-            return items
-        parts: list[Any] = [None] * self.world_size
-        dist.all_gather_object(parts, items)
-        return [item for part in parts for item in part]
-
-
 def _start_worker(job: TrainJob) -> Worker:
     import ray.train
     import ray.train.torch
@@ -101,13 +67,16 @@ def _start_worker(job: TrainJob) -> Worker:
     return Worker(context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device())
 
 
+DATASET = "splits"
+"""The name of the Ray dataset (the train and validation splits, with a `path` column)."""
+
+
 @dataclass(frozen=True)
 class RankData:
-    """This rank's rows of the training, validation and evaluation splits."""
+    """This rank's rows of the training and validation splits."""
 
     train: Examples
     validation: Examples
-    evaluation: Examples
 
 
 def _load_data(job: TrainJob, worker: Worker) -> RankData:
@@ -118,23 +87,21 @@ def _load_data(job: TrainJob, worker: Worker) -> RankData:
         return RankRows(job.task, worker.rank, worker.world_size, **options)
 
     train, validation = rows(), rows()
-    evaluation = rows(keep_refs=job.task == "translation", max_rows=job.eval.max_examples)
     collectors = {"train": [train], "validation": [validation]}
-    collectors.setdefault(job.eval.split, []).append(evaluation)
     shard = ray.train.get_dataset_shard(DATASET)
     for table in shard.iter_batches(batch_format="pyarrow", batch_size=None):
         for split, part in group_by_split(table, collectors):
             for collector in collectors[split]:
                 collector.add(part)
-    data = RankData(train.examples(), validation.examples(), evaluation.examples())
-    counts = worker.all_reduce([len(data.train), len(data.validation), len(data.evaluation)])
-    needed = (worker.world_size, 1, 1)  # every rank draws training batches
-    for split, count, low in zip(("train", "validation", job.eval.split), counts, needed):
+    data = RankData(train.examples(), validation.examples())
+    counts = worker.all_reduce([len(data.train), len(data.validation)])
+    needed = (worker.world_size, 1)  # every rank draws training batches
+    for split, count, low in zip(("train", "validation"), counts, needed):
         if count < low:
             raise ValueError(f"split {split} of {job.data_uri} has {int(count)} rows; at least "
                              f"{low} needed with {worker.world_size} worker(s)")
-    logger.info("rank %d rows: train %d, validation %d, %s %d", worker.rank, len(data.train),
-                len(data.validation), job.eval.split, len(data.evaluation))
+    logger.info("rank %d rows: train %d, validation %d", worker.rank, len(data.train),
+                len(data.validation))
     return data
 
 
@@ -157,7 +124,7 @@ def train_worker(config: dict[str, Any]) -> None:
             logger.info("variant %s finished in an earlier attempt: skipped", variant.name)
             continue
         run = VariantRun(job, variant, worker, data, progress)
-        result = run.train_and_evaluate(restored if restored.resumes(variant.name) else None)
+        result = run.train_and_save(restored if restored.resumes(variant.name) else None)
         progress = Progress(finished={**progress.finished, variant.name: result})
         _report(worker, progress, {"variant": variant.name, **_numbers(result)})
         ran_any = True
@@ -187,7 +154,7 @@ def _report(worker: Worker, progress: Progress, metrics: dict[str, Any]) -> None
 
 
 class VariantRun:
-    """Trains one variant with its own DeepSpeed engine, then evaluates its best weights."""
+    """Trains one variant with its own DeepSpeed engine, then saves its best weights."""
 
     def __init__(
         self, job: TrainJob, variant: Variant, worker: Worker, data: RankData, progress: Progress
@@ -229,17 +196,19 @@ class VariantRun:
 
     # -- training ------------------------------------------------------------------------------
 
-    def train_and_evaluate(self, restored: RestoredCheckpoint | None) -> dict[str, Any]:
+    def train_and_save(self, restored: RestoredCheckpoint | None) -> dict[str, Any]:
+        """Train to max_steps (or an early stop); rank 0's summary, the same on every rank."""
         self._begin(restored)
         start = time.perf_counter()
         self._train()
-        trained = time.perf_counter()
-        result = self._evaluate()
+        result = self._summary()
+        if self.worker.is_main:
+            result.update(self._save_best())
         self.engine.destroy()
-        logger.info("variant %s: %d steps trained in %.1f s (this attempt), evaluated in %.1f s",
-                    self.variant.name, self.state.step, trained - start,
-                    time.perf_counter() - trained)
-        return result
+        logger.info("variant %s: %d steps trained in %.1f s (this attempt)",
+                    self.variant.name, self.state.step, time.perf_counter() - start)
+        # Every rank returns rank 0's result, so the progress each rank keeps is the same.
+        return self.worker.gather([result])[0]
 
     def _train(self) -> None:
         meter = _Meter()
@@ -350,30 +319,7 @@ class VariantRun:
                 checkpoint=ray.train.Checkpoint.from_directory(folder),
             )
 
-    # -- evaluation ----------------------------------------------------------------------------
-
-    def _best_model(self) -> torch.nn.Module:
-        """A fresh fp32 model with the best validation weights (the engine's may be bf16)."""
-        model = build_objective(self.model_config).model
-        assert self.best_weights is not None  # the last step always validates
-        model.load_state_dict(self.best_weights)
-        return model.to(self.worker.device).eval()
-
-    def _evaluate(self) -> dict[str, Any]:
-        model = self._best_model()
-        examples = self.data.evaluation
-        if self.job.task == "translation":
-            outputs = evaluate.translate(model, examples, self.job.eval, self.worker.device)
-            rows = list(zip(examples.index.tolist(), outputs, examples.refs or []))
-        else:
-            outputs = evaluate.classify(model, examples, self.job.eval, self.worker.device)
-            rows = list(zip(examples.index.tolist(), outputs.tolist(), examples.labels.tolist()))
-        gathered = sorted(self.worker.gather(rows))
-        result = self._summary()
-        if self.worker.is_main:
-            result.update(self._score_and_save(gathered, model))
-        # Every rank returns rank 0's result, so the progress each rank keeps is the same.
-        return self.worker.gather([result])[0]
+    # -- the result ----------------------------------------------------------------------------
 
     def _summary(self) -> dict[str, Any]:
         state = self.state
@@ -389,38 +335,27 @@ class VariantRun:
             "resolved_attention": self.objective.model.resolved_attention,
         }
 
-    def _score_and_save(self, rows: list[tuple], model: torch.nn.Module) -> dict[str, Any]:
-        """Rank 0: scores, hypotheses file, best weights, loss curve; storage and MLflow."""
-        _, outputs, truths = zip(*rows)
-        if self.job.task == "translation":
-            texts = evaluate.detokenize(self.job.tokenizer_model, outputs)
-            scores = evaluate.translation_scores(texts, truths)
-        else:
-            texts = [str(label) for label in outputs]
-            scores = evaluate.classification_scores(
-                np.array(outputs), np.array(truths), self.job.num_labels or 0
-            )
+    def _best_model(self) -> torch.nn.Module:
+        """A fresh fp32 model with the best validation weights (the engine's may be bf16)."""
+        model = build_objective(self.model_config).model
+        assert self.best_weights is not None  # the last step always validates
+        model.load_state_dict(self.best_weights)
+        return model
+
+    def _save_best(self) -> dict[str, Any]:
+        """Rank 0: best weights and loss curve to storage and MLflow; where the weights are."""
         result_uri = self.job.result_uri(self.variant.name)
         assert self.log is not None
         with tempfile.TemporaryDirectory(prefix="heat-result-") as tmp:
             folder = Path(tmp)
-            write_hypotheses(folder, texts)
-            save_model(folder, model, self.model_config)
+            save_model(folder, self._best_model(), self.model_config)
             self.log.plot_loss_curve(folder / LOSS_CURVE_FILE, self.variant.name)
             copy_to_storage(folder, result_uri)
-            self._log_results(folder, scores)
-        return {**scores, "hypotheses_uri": f"{result_uri}/{HYPOTHESES_FILE}",
-                "checkpoint_uri": f"{result_uri}/{BEST_CHECKPOINT_DIR}"}
-
-    def _log_results(self, folder: Path, scores: dict[str, Any]) -> None:
-        assert self.log is not None
-        numbers = {k: v for k, v in scores.items() if isinstance(v, float)}
-        self.log.metrics({**numbers, "best_val_loss": self.state.best_val_loss,
-                          "train_wall_s": self.state.wall_seconds}, step=self.state.step)
-        self.log.tags({k: v for k, v in scores.items() if isinstance(v, str)})
-        self.log.artifact(folder / HYPOTHESES_FILE)
-        self.log.artifact(folder / LOSS_CURVE_FILE)
-        self.log.artifact(folder / BEST_CHECKPOINT_DIR, BEST_CHECKPOINT_DIR)
+            self.log.metrics({"best_val_loss": self.state.best_val_loss,
+                              "train_wall_s": self.state.wall_seconds}, step=self.state.step)
+            self.log.artifact(folder / LOSS_CURVE_FILE)
+            self.log.artifact(folder / BEST_CHECKPOINT_DIR, BEST_CHECKPOINT_DIR)
+        return {"checkpoint_uri": self.job.checkpoint_uri(self.variant.name)}
 
 
 class _Meter:

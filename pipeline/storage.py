@@ -20,6 +20,13 @@ def resolve(uri: str) -> str:
     return os.path.abspath(os.path.expanduser(uri))
 
 
+def local_path(uri: str) -> str | None:
+    """The local path a URI names (a plain path or file://...), or None for a remote one."""
+    if "://" not in uri:
+        return resolve(uri)
+    return uri.removeprefix("file://") if uri.startswith("file://") else None
+
+
 def join(base: str, *names: str) -> str:
     """`base/name/...`, for local paths and URIs alike."""
     return "/".join([resolve(base).rstrip("/"), *names])

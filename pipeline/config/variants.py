@@ -1,0 +1,159 @@
+"""The `variants` section: label -> attention, parsed once into typed specs that travel, unchanged,
+from the config to the kernels.
+
+A variant is written as one spec (`{name: heat, rank: 8}`: that spec at every site) or as a
+mapping of site -> spec (`{encoder_self: {...}, cross: {...}}`; a site left out is softmax). A
+translation task's model takes the variant's `AttentionSites`; a classification task's encoder
+takes its encoder_self spec. Errors name the key as written: `variants.heat.rank`,
+`variants.lin.cross.rank`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from heat.attention import AttentionSpec, SpecError, spec_from_dict, spec_to_dict
+from heat.models import SITES, Architecture, AttentionSites, ClassifierConfig, Seq2SeqConfig
+from heat.validation import ConfigError
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+"""Labels of variants, tasks and runs: they name folders and MLflow runs."""
+
+
+@dataclass(frozen=True)
+class VariantAttention:
+    """A variant of the config's `variants` section, parsed: its sites and how it was written."""
+
+    label: str
+    sites: AttentionSites
+    written: tuple[str, ...]
+    """The sites the config names; empty when it was written as one spec for every site."""
+
+    def for_task(self, kind: str) -> AttentionSites | AttentionSpec:
+        """What a task's model takes: the sites (translation) or the encoder's spec."""
+        if kind == "translation":
+            return self.sites
+        if self.written and "encoder_self" not in self.written:
+            raise ConfigError(f"variants.{self.label}", "a classification task uses a variant's "
+                                                        "encoder_self spec, and this one has none")
+        return self.sites.encoder_self
+
+    def to_dict(self) -> dict[str, Any]:
+        """As written, with every parameter's value filled in (for the resolved config)."""
+        if not self.written:
+            return spec_to_dict(self.sites.encoder_self)
+        return {site: spec_to_dict(getattr(self.sites, site)) for site in self.written}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Variant:
+    """One attention variant of one task, as its model takes it."""
+
+    name: str
+    """The label: names folders and MLflow runs."""
+    attention: AttentionSites | AttentionSpec
+    """Translation: a spec per site; classification: the encoder's spec."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not NAME.fullmatch(self.name):
+            raise ConfigError("variants", f"variant name must match {NAME.pattern} (it names "
+                                          f"folders and runs), got {self.name!r}")
+        if not isinstance(self.attention, AttentionSites | AttentionSpec):
+            raise ConfigError(f"variants.{self.name}", f"must hold parsed attention "
+                                                       f"(AttentionSites or a spec), got "
+                                                       f"{self.attention!r}")
+
+    @classmethod
+    def parse(cls, name: str, attention: Mapping[str, Any], kind: str) -> Variant:
+        """From plain values, as a script or a Tune trial writes them: site -> spec
+        (translation) or one spec (classification). Errors are keyed
+        `variants.<name>.attention.<site>...` (translation) or `variants.<name>.<spec field>`."""
+        try:
+            if kind == "translation":
+                return cls(name=name, attention=AttentionSites.from_dict(attention))
+            return cls(name=name, attention=spec_from_dict(attention))
+        except SpecError as error:
+            raise error.within(f"variants.{name}") from None
+        except ConfigError as error:
+            if error.field == "variants":  # the name itself
+                raise
+            raise error.within(f"variants.{name}") from None
+
+    def attention_dict(self) -> dict[str, Any]:
+        """The attention as plain values (params, hashes, the saved model's config)."""
+        if isinstance(self.attention, AttentionSites):
+            return self.attention.to_dict()
+        return spec_to_dict(self.attention)
+
+
+def parse_variants(raw: Any) -> dict[str, VariantAttention]:
+    """The `variants` mapping, every spec and site checked; errors keyed as written."""
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError("variants", f"must be a non-empty mapping of variant label -> "
+                                      f"attention spec, got {raw!r}")
+    return {_label(label): _parse(label, attention) for label, attention in raw.items()}
+
+
+def _label(label: Any) -> str:
+    if not isinstance(label, str) or not NAME.fullmatch(label):
+        raise ConfigError(f"variants.{label}", f"a variant label must match {NAME.pattern} (it "
+                                               f"names folders and MLflow runs)")
+    return label
+
+
+def _parse(label: str, attention: Any) -> VariantAttention:
+    key = f"variants.{label}"
+    if not isinstance(attention, Mapping):
+        raise ConfigError(key, f"must be an attention spec such as {{name: heat, rank: 8}} or a "
+                               f"mapping of site ({', '.join(SITES)}) -> spec, got {attention!r}")
+    if "name" in attention:  # one spec, the same at every site
+        try:
+            spec = spec_from_dict(attention)
+        except SpecError as error:
+            raise error.renamed(key + _parameter(error)) from None
+        raw_sites: Mapping[str, Any] = {site: spec_to_dict(spec) for site in SITES}
+        written: tuple[str, ...] = ()
+    else:
+        unknown = sorted(set(attention) - set(SITES))
+        if unknown:
+            raise ConfigError(f"{key}.{unknown[0]}", f"unknown attention site; a variant is one "
+                                                      f"spec (with a 'name' key) or a mapping of "
+                                                      f"site -> spec with sites {', '.join(SITES)}")
+        raw_sites, written = attention, tuple(site for site in SITES if site in attention)
+    try:
+        sites = AttentionSites.from_dict(raw_sites)
+    except ConfigError as error:  # 'attention.cross.rank', or a site the variant cannot serve
+        raise error.renamed(key + error.field.removeprefix("attention")) from None
+    return VariantAttention(label, sites, written)
+
+
+def _parameter(error: SpecError) -> str:
+    """'.rank' for a SpecError about 'heat.rank', '.name' for 'attention.name', '' otherwise."""
+    _, dot, parameter = error.field.partition(".")
+    return f".{parameter}" if dot else ""
+
+
+def model_config(
+    kind: str, model: Architecture, attention: AttentionSites | AttentionSpec, *,
+    vocab_size: int, num_labels: int | None,
+) -> Seq2SeqConfig | ClassifierConfig:
+    """The `heat.models` config of one variant of a task (ConfigError as `heat.models` raises)."""
+    if kind == "translation":
+        assert isinstance(attention, AttentionSites)
+        return Seq2SeqConfig.build(model, vocab_size=vocab_size, attention=attention)
+    assert isinstance(attention, AttentionSpec) and num_labels is not None
+    return ClassifierConfig.build(model, vocab_size=vocab_size, num_classes=num_labels,
+                                  attention=attention)
+
+
+def fit_error(variant: str, error: ConfigError) -> ConfigError:
+    """A model-config error as the config key to fix: the variant's attention (its field starts
+    with 'attention', e.g. 'attention.encoder_self.max_length', 'attention_spec.max_length')
+    or the task's model section (returned with the field unchanged, for the caller to nest)."""
+    if not error.field.startswith("attention"):
+        return error
+    rest = error.field.removeprefix("attention_spec").removeprefix("attention")
+    return ConfigError(f"variants.{variant}{rest}", error.message)

@@ -1,0 +1,52 @@
+"""The run's final table: per task, each variant's scores, throughput and training time."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pipeline.tracking import browse_command
+
+if TYPE_CHECKING:
+    from pipeline.run import PipelineResult
+
+_COLUMNS = {
+    "translation": (("BLEU", "bleu"), ("chrF", "chrf")),
+    "classification": (("accuracy", "accuracy"), ("F1", "f1")),
+}
+
+
+def format_summary(result: PipelineResult) -> str:
+    """The final table (per task: variant, scores, tokens/s, wall time) and where to look."""
+    lines = [f"run {result.run_name} of config {result.name}: {result.wall_s:.0f} s", ""]
+    for task, variants in result.results.items():
+        kind = result.tasks[task]
+        scores = _COLUMNS[kind]
+        header = ["variant", *(title for title, _ in scores), "tokens/s", "train s", "steps"]
+        rows = [[variant, *(_number(values.get(key)) for _, key in scores),
+                 _number(values.get("tokens_per_s"), 0), _number(values.get("train_wall_s"), 1),
+                 str(values.get("steps", ""))] for variant, values in variants.items()]
+        lines += [task if task == kind else f"{task} ({kind})", *_table(header, rows), ""]
+    if result.evaluations:
+        lines.append("re-scored with other eval settings, tracked as: " + ", ".join(
+            f"{task} {label}/..." for task, label in result.evaluations.items()))
+    ran = [f"{r.task}/{r.stage}" for r in result.stages if not r.skipped]
+    skipped = [f"{r.task}/{r.stage}" for r in result.stages if r.skipped]
+    lines += [f"stages run: {', '.join(ran) or 'none'}; skipped (finished earlier): "
+              f"{', '.join(skipped) or 'none'}",
+              f"outputs: {result.storage_root}",
+              f"MLflow: {result.tracking_uri}, experiment {result.experiment!r}, parent run "
+              f"{result.parent_run_id}",
+              f"browse: {browse_command(result.tracking_uri)}"]
+    return "\n".join(lines)
+
+
+def _number(value: Any, digits: int = 2) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+    return [line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)]
