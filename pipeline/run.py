@@ -32,13 +32,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
 from heat.validation import ConfigError
 from pipeline import stagecache, storage
-from pipeline.config import TASK_SECTIONS, PipelineConfig, RayConfig
+from pipeline.config import (
+    TASK_SECTIONS,
+    PipelineConfig,
+    RayConfig,
+    StorageConfig,
+    TrackingConfig,
+)
 from pipeline.stages import STAGES, Stage, StageContext
 from pipeline.summary import format_summary
 from pipeline.tracking import PipelineTracker, flatten
@@ -52,6 +58,16 @@ RUNS_FOLDER = "pipeline-runs"
 STAGE_CODE = {stage.name: stage.code for stage in STAGES}
 """The code each stage's output depends on: an edit there invalidates the cached outputs."""
 _TASK_KEYS = tuple(f"{section}." for section in TASK_SECTIONS)
+
+
+class RunnableConfig(Protocol):
+    """What the run bookkeeping needs of a config (a pipeline config or a search config)."""
+
+    name: str
+    storage: StorageConfig
+    tracking: TrackingConfig
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -90,10 +106,10 @@ def run_pipeline(config: PipelineConfig, *, run_name: str | None = None,
     A failure (or Ctrl-C, or SIGTERM from `ray job stop`) marks the MLflow parent run and its
     unfinished children FAILED with the reason, and re-raises; finished stage outputs stay, so
     `--resume` continues from them."""
-    run_name = _resolve_run_name(config, run_name, resume)
-    _record_run(config, run_name)
-    tracker = _open_tracker(config, run_name, resume=resume)
-    with _sigterm_as_interrupt(), tracker.failed_on_error():
+    run_name = resolve_run_name(config, run_name, resume)
+    record_run(config, run_name)
+    tracker = open_tracker(config, run_name, resume=resume)
+    with sigterm_as_interrupt(), tracker.failed_on_error():
         _log_parent(tracker, config, run_name)
         return _execute(config, run_name, tracker, summary_file="summary.txt")
 
@@ -112,14 +128,14 @@ def rescore_run(config: PipelineConfig, run_name: str, recorded: PipelineConfig
 
     labels = {name: evaluation_label(recorded.tasks[name].eval, task.eval)
               for name, task in config.tasks.items()}
-    tracker = _open_tracker(config, run_name, resume=True)
-    with _sigterm_as_interrupt(), tracker.failed_on_error():
+    tracker = open_tracker(config, run_name, resume=True)
+    with sigterm_as_interrupt(), tracker.failed_on_error():
         suffix = "-".join(sorted({label for label in labels.values() if label})) or "rerun"
         return _execute(config, run_name, tracker, summary_file=f"summary-{suffix}.txt",
                         labels=labels, finished_before="evaluate")
 
 
-def _open_tracker(config: PipelineConfig, run_name: str, *, resume: bool) -> PipelineTracker:
+def open_tracker(config: RunnableConfig, run_name: str, *, resume: bool) -> PipelineTracker:
     return PipelineTracker.open(
         tracking_uri=config.tracking.uri, experiment=config.tracking.experiment,
         artifact_location=config.tracking.artifact_location, run_name=run_name,
@@ -137,7 +153,7 @@ def _execute(config: PipelineConfig, run_name: str, tracker: PipelineTracker, *,
                             config.storage.root,
                             evaluations={t: label for t, label in (labels or {}).items() if label})
     # ray.init installs its own SIGTERM handler (exit at once): take the signal back.
-    with ray_session(config.ray) as cpus, _sigterm_as_interrupt():
+    with ray_session(config.ray) as cpus, sigterm_as_interrupt():
         for task in config.tasks.values():
             context = StageContext(config, task, run_name, tracker, cpus,
                                    eval_label=(labels or {}).get(task.name, ""))
@@ -155,7 +171,7 @@ def _execute(config: PipelineConfig, run_name: str, tracker: PipelineTracker, *,
 # Run names and --resume
 
 
-def _run_folder(config: PipelineConfig, *parts: str) -> str:
+def _run_folder(config: RunnableConfig, *parts: str) -> str:
     return storage.join(config.storage.root, RUNS_FOLDER, *parts)
 
 
@@ -164,7 +180,7 @@ def run_folder(root: str, run_name: str) -> str:
     return storage.join(root, RUNS_FOLDER, run_name)
 
 
-def _resolve_run_name(config: PipelineConfig, run_name: str | None, resume: bool) -> str:
+def resolve_run_name(config: RunnableConfig, run_name: str | None, resume: bool) -> str:
     """The run to start, or with `resume` the run to continue (default: the config's latest).
 
     Resuming needs the same resolved config: the stage keys, the checkpoints and the MLflow
@@ -206,7 +222,7 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix or "config"]
 
 
-def _record_run(config: PipelineConfig, run_name: str) -> None:
+def record_run(config: RunnableConfig, run_name: str) -> None:
     """Write the resolved config and the latest-run pointer before any work, so a run killed at
     any point can be resumed."""
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)
@@ -224,7 +240,7 @@ def _log_parent(tracker: PipelineTracker, config: PipelineConfig, run_name: str)
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     """Turn SIGTERM (`ray job stop`, a scheduler's kill) into KeyboardInterrupt, so the MLflow
     runs end FAILED with a reason instead of staying RUNNING forever."""
     if threading.current_thread() is not threading.main_thread():
@@ -252,8 +268,13 @@ def ray_session(config: RayConfig) -> Iterator[int]:
 
     owned = not ray.is_initialized()
     if owned and config.address == "local":
-        # address="local": a private instance even when a cluster runs on this machine.
-        ray.init(address="local", num_cpus=config.local_cpus(), include_dashboard=False)
+        # address="local": a private instance even when a cluster runs on this machine. With
+        # its dashboard: Ray Train's PlacementGroupCleaner asks the dashboard's State API whether
+        # a run's controller is still alive, and without it the workers' placement group of a
+        # run that ended ungracefully (a Tune trial stopped by ASHA) is never removed: its CPUs
+        # stay reserved and every later trial waits for them forever.
+        ray.init(address="local", num_cpus=config.local_cpus(), include_dashboard=True,
+                 dashboard_host="127.0.0.1")
     elif owned:
         ray.init(address=config.address)
     # One overall Ray Data bar per dataset; the per-operator bars of datasets read by several
@@ -282,6 +303,14 @@ def _run_task(context: StageContext, reports: list[StageReport],
     per_run = [context.outcomes[stage.name].result for stage in STAGES if stage.per_run]
     return {v.name: {k: value for result in per_run for k, value in result[v.name].items()}
             for v in context.task.variants}
+
+
+def run_shared_stages(context: StageContext, reports: list[StageReport]) -> None:
+    """The stages every run shares (prepare, tokenize: pure functions of their inputs, cached),
+    into `context.outcomes`: what a search runs once before its trials."""
+    for stage in STAGES:
+        if not stage.per_run:
+            context.outcomes[stage.name] = _stage(context, stage, reports, False)
 
 
 def stage_folder(context: StageContext, stage: Stage, inputs: dict[str, Any]) -> str:

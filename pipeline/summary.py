@@ -25,7 +25,7 @@ def format_summary(result: PipelineResult) -> str:
         rows = [[variant, *(_number(values.get(key)) for _, key in scores),
                  _number(values.get("tokens_per_s"), 0), _number(values.get("train_wall_s"), 1),
                  str(values.get("steps", ""))] for variant, values in variants.items()]
-        lines += [task if task == kind else f"{task} ({kind})", *_table(header, rows), ""]
+        lines += [task if task == kind else f"{task} ({kind})", *text_table(header, rows), ""]
     if result.evaluations:
         lines.append("re-scored with other eval settings, tracked as: " + ", ".join(
             f"{task} {label}/..." for task, label in result.evaluations.items()))
@@ -44,7 +44,7 @@ def _number(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def text_table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     def line(cells: list[str]) -> str:
         return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)

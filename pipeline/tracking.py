@@ -35,6 +35,11 @@ TAG_CONFIG = "heat.config"
 TAG_TASK = "heat.task"
 TAG_VARIANT = "heat.variant"
 TAG_TRIAL = "heat.trial"
+TAG_SEARCH = "heat.search"
+TAG_BEST_TRIAL = "heat.best_trial"
+TAG_KIND = "heat.kind"
+TAG_DATASET = "heat.dataset"
+TAG_STOPPED = "heat.stopped_early"
 TAG_FAILURE = "heat.failure"
 TAG_PARENT = "mlflow.parentRunId"
 
@@ -57,6 +62,12 @@ def flatten(value: Any, prefix: str = "") -> dict[str, str]:
     if len(text) > PARAM_VALUE_LIMIT:
         text = text[: PARAM_VALUE_LIMIT - 15] + "...(truncated)"
     return {prefix: text}
+
+
+def task_tags(kind: str, dataset: str) -> dict[str, str]:
+    """The tags a task's child runs carry for comparing across runs and searches (the report
+    groups by them): the task's kind and its data set's identity (`DataConfig.dataset`)."""
+    return {TAG_KIND: kind, TAG_DATASET: dataset}
 
 
 @dataclass(frozen=True)
@@ -115,10 +126,18 @@ class PipelineTracker:
                 handle.write(data)
             self.client.log_artifact(run_id, path, directory or None)
 
-    def child_runs(self, task: str, variants: list[str], *,
-                   trial: str | None = None) -> dict[str, ChildRun]:
+    @classmethod
+    def attach(cls, *, tracking_uri: str, experiment_id: str, parent_run_id: str,
+               run_name: str) -> PipelineTracker:
+        """The tracker of a parent run opened elsewhere (a Tune trial's process)."""
+        return cls(mlflow.MlflowClient(tracking_uri), tracking_uri, experiment_id,
+                   parent_run_id, run_name)
+
+    def child_runs(self, task: str, variants: list[str], *, trial: str | None = None,
+                   tags: Mapping[str, str] | None = None) -> dict[str, ChildRun]:
         """A running child run per variant of `task` (and `trial`, for one trial of a search):
-        existing ones reopened, missing ones made.
+        existing ones reopened, missing ones made with `tags` besides the bookkeeping ones
+        (`heat.kind`, `heat.dataset`, `heat.search`).
 
         Reopening matters for `--resume` and for re-scoring: the metrics a killed attempt
         logged stay in the same run, and the continued training appends to them."""
@@ -132,11 +151,11 @@ class PipelineTracker:
         for variant in variants:
             run = found.get(variant)
             if run is None:
-                tags = {TAG_PARENT: self.parent_run_id, TAG_RUN_NAME: self.run_name,
-                        TAG_TASK: task, TAG_VARIANT: variant,
-                        **({TAG_TRIAL: trial} if trial is not None else {})}
+                run_tags = {**(tags or {}), TAG_PARENT: self.parent_run_id,
+                            TAG_RUN_NAME: self.run_name, TAG_TASK: task, TAG_VARIANT: variant,
+                            **({TAG_TRIAL: trial} if trial is not None else {})}
                 name = f"{task}/{variant}" + (f"/{trial}" if trial is not None else "")
-                run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
+                run = self.client.create_run(self.experiment_id, tags=run_tags, run_name=name)
             elif run.info.status != "RUNNING":
                 self.client.update_run(run.info.run_id, status="RUNNING")
             children[variant] = ChildRun(task, variant, run.info.run_id, trial)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from pipeline.tracking import TAG_FAILURE, PipelineTracker, browse_command, flatten
+from pipeline.tracking import TAG_FAILURE, PipelineTracker, browse_command, flatten, task_tags
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +102,15 @@ def test_trials_get_their_own_child_runs_and_reopen_them(tracker):
     assert again["heat"].run_id == first["heat"].run_id
     assert tracker.client.get_run(first["heat"].run_id).info.status == "RUNNING"
     assert tracker.child_runs("translation", ["heat"])["heat"].run_id == plain["heat"].run_id
+
+
+def test_extra_tags_go_on_every_child_run_beside_its_own_variant(tracker):
+    tags = task_tags("translation", "builtin:toy_translation")
+    children = tracker.child_runs("translation", ["softmax", "heat", "taylor"], tags=tags)
+    for variant, child in children.items():
+        run = tracker.client.get_run(child.run_id)
+        assert run.data.tags["heat.variant"] == variant
+        assert run.data.tags["heat.dataset"] == "builtin:toy_translation"
+        assert run.data.tags["heat.kind"] == "translation"
+    again = tracker.child_runs("translation", ["softmax", "heat", "taylor"], tags=tags)
+    assert {v: c.run_id for v, c in again.items()} == {v: c.run_id for v, c in children.items()}

@@ -260,7 +260,7 @@ def test_evaluate_rescores_a_finished_run_into_its_child_runs(smoke):
 
 def test_evaluate_refuses_a_change_outside_the_eval_sections(smoke):
     cwd, _, run_name = smoke
-    result = heat_pipeline("evaluate", run_name, "defaults.train.max_steps=10",
-                           "tasks.translation.train.max_steps=10", cwd=cwd)
+    result = heat_pipeline("evaluate", run_name, "defaults.train.max_steps=50",
+                           "tasks.translation.train.max_steps=50", cwd=cwd)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "tasks.translation.train.max_steps: differs from run" in result.stderr

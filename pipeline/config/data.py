@@ -89,6 +89,16 @@ class DataConfig:
             raise ConfigError("tgt_lang", f"must differ from src_lang, got {self.tgt_lang!r}")
         self._check_source()
 
+    @property
+    def dataset(self) -> str:
+        """The data set's identity across runs (MLflow tag `heat.dataset`, what the report groups
+        by): `wmt/wmt14:fr-en`, `stanfordnlp/imdb`, `builtin:toy_translation`, `files:<train>`."""
+        if self.source == "hub":
+            return f"{self.hub_id}:{self.hub_config}" if self.hub_config else str(self.hub_id)
+        if self.source == "builtin":
+            return f"builtin:{self.builtin}"
+        return "files:" + self.files.get("train", "").rstrip("/").rsplit("/", 1)[-1]
+
     def _check_source(self) -> None:
         for name, used_by in (("builtin", "builtin"), ("hub_id", "hub")):
             if getattr(self, name) is not None and self.source != used_by:

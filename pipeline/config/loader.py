@@ -189,18 +189,18 @@ def _tasks(raw: Any, defaults: Any, variants: dict[str, VariantAttention]
         if task_raw is None:  # disabled, e.g. `heat-pipeline smoke tasks.classification=null`
             continue
         _check_keys(path, task_raw, _TASK_KEYS)
-        tasks[name] = _task(name, _merge(defaults or {}, task_raw), variants)
+        tasks[name] = _task(name, merge_mappings(defaults or {}, task_raw), variants)
     if not tasks:
         raise ConfigError("tasks", f"every task is disabled (null): {', '.join(map(str, raw))}")
     return tasks
 
 
-def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+def merge_mappings(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """`override` on top of `base`, mappings merged key by key (lists and scalars replaced)."""
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_mappings(merged[key], value)
         else:
             merged[key] = value
     return merged

@@ -36,7 +36,14 @@ from pipeline.batching import ClassificationExamples, Examples, RankRows, Transl
 from pipeline.config import EvalConfig, Variant
 from pipeline.stages.base import Stage, StageContext
 from pipeline.training.job import TrainJob
-from pipeline.training.outputs import HYPOTHESES_FILE, copy_to_storage, load_model, write_hypotheses
+from pipeline.tracking import task_tags
+from pipeline.training.outputs import (
+    HYPOTHESES_FILE,
+    REFERENCES_FILE,
+    copy_to_storage,
+    load_model,
+    write_hypotheses,
+)
 from pipeline.training.run_log import VariantLog
 
 logger = logging.getLogger(__name__)
@@ -166,8 +173,11 @@ def evaluate(job: TrainJob, trained: dict[str, dict[str, Any]], *, out_uri: str 
     if not ray.is_initialized():
         ray.init()
     shares = job.train.num_workers
+    # "DEFAULT": on the cluster's free resources, never inside the caller's placement group (a
+    # Tune trial's holds no CPU; its Ray Train workers, too, run outside it).
     decode = ray.remote(decode_share).options(
-        num_cpus=job.train.cpus_per_worker, num_gpus=1 if job.train.use_gpu else 0)
+        num_cpus=job.train.cpus_per_worker, num_gpus=1 if job.train.use_gpu else 0,
+        scheduling_strategy="DEFAULT")
     # Every variant's shares at once: Ray runs them as CPUs free up.
     pending = {v.name: [decode.remote(job, v, share, shares) for share in range(shares)]
                for v in job.variants}
@@ -218,9 +228,10 @@ def _score_and_track(job: TrainJob, variant: Variant, rows: list[tuple], folder:
     log = VariantLog(job.tracking_uri, job.mlflow_run_ids[variant.name])
     prefix = f"{label}/" if label else ""
     with tempfile.TemporaryDirectory(prefix="heat-eval-") as tmp:
-        write_hypotheses(Path(tmp), texts)
+        write_hypotheses(Path(tmp), texts, [str(truth) for truth in truths])
         copy_to_storage(Path(tmp), folder)
         log.artifact(Path(tmp) / HYPOTHESES_FILE, label or None)
+        log.artifact(Path(tmp) / REFERENCES_FILE, label or None)
     log.metrics({prefix + k: v for k, v in scores.items() if isinstance(v, float)}, step=step)
     log.tags({prefix + k: v for k, v in scores.items() if isinstance(v, str)})
     return {**scores, "hypotheses_uri": storage.join(folder, HYPOTHESES_FILE)}
@@ -257,7 +268,8 @@ class EvaluateStage(Stage):
         """Score into the variants' child runs (reopened if training was skipped), end them."""
         task, tracker = context.task, context.tracker
         tokenized, trained = context.outcomes["tokenize"], context.outcomes["train"]
-        children = tracker.child_runs(task.name, [v.name for v in task.variants])
+        children = tracker.child_runs(task.name, [v.name for v in task.variants],
+                                      tags=task_tags(task.kind, task.data.dataset))
         job = TrainJob.for_task(
             task, data_uri=tokenized.uri,
             tokenizer_model=storage.read_bytes(storage.join(tokenized.uri, "spm.model")),

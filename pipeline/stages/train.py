@@ -24,7 +24,7 @@ from heat.validation import ConfigError
 from pipeline import storage
 from pipeline.config import TrainConfig
 from pipeline.stages.base import Stage, StageContext
-from pipeline.tracking import flatten
+from pipeline.tracking import flatten, task_tags
 from pipeline.training.job import TrainJob
 from pipeline.training.state import PROGRESS_FILE
 
@@ -159,7 +159,8 @@ class TrainStage(Stage):
         task, tracker = context.task, context.tracker
         tokenized = context.outcomes["tokenize"]
         model_proto = storage.read_bytes(storage.join(tokenized.uri, "spm.model"))
-        children = tracker.child_runs(task.name, [v.name for v in task.variants])
+        children = tracker.child_runs(task.name, [v.name for v in task.variants],
+                                      tags=task_tags(task.kind, task.data.dataset))
         for variant in task.variants:
             params = {**task.sections(), "task": task.name, "variant": variant.name,
                       "attention": variant.attention_dict(),

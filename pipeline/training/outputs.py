@@ -27,14 +27,27 @@ from heat.models import (
 from pipeline import storage
 
 HYPOTHESES_FILE = "hypotheses.txt"
+REFERENCES_FILE = "references.txt"
+"""Beside the hypotheses, line for line: the reference translations, or the true class ids
+(what a paired bootstrap over test examples resamples, `heat-pipeline report`)."""
 BEST_CHECKPOINT_DIR = "best_checkpoint"
 
 
-def write_hypotheses(folder: Path, lines: Sequence[str]) -> Path:
-    """One output per evaluation example, in the split's order (text, or a class id)."""
+def write_hypotheses(folder: Path, lines: Sequence[str],
+                     references: Sequence[str] | None = None) -> Path:
+    """One output per evaluation example, in the split's order (text, or a class id), and with
+    `references` their truths in the same order; the hypotheses' path."""
     path = folder / HYPOTHESES_FILE
-    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    path.write_text("".join(f"{_one_line(line)}\n" for line in lines), encoding="utf-8")
+    if references is not None:
+        (folder / REFERENCES_FILE).write_text(
+            "".join(f"{_one_line(line)}\n" for line in references), encoding="utf-8")
     return path
+
+
+def _one_line(text: str) -> str:
+    """A line break inside a text would shift every later line against its reference."""
+    return " ".join(str(text).splitlines())
 
 
 def save_model(

@@ -40,6 +40,8 @@ class VariantState:
     step: int = 0
     best_val_loss: float = float("inf")
     best_step: int = 0
+    val_loss: float = float("inf")
+    """The latest validation loss (what a Tune scheduler such as ASHA compares)."""
     validations_without_improvement: int = 0
     stopped_early: bool = False
     train_seconds: float = 0.0
@@ -55,6 +57,7 @@ class VariantState:
         patience > 0 stops the variant after that many validations in a row without a new
         best; 0 never stops early.
         """
+        self.val_loss = val_loss
         if val_loss < self.best_val_loss:
             self.best_val_loss, self.best_step = val_loss, self.step
             self.validations_without_improvement = 0

@@ -315,7 +315,7 @@ class VariantRun:
                                  RankState.capture(self.stream.position), self.best_weights)
             ray.train.report(
                 {"variant": self.variant.name, "step": self.state.step,
-                 "best_val_loss": self.state.best_val_loss},
+                 "val_loss": self.state.val_loss, "best_val_loss": self.state.best_val_loss},
                 checkpoint=ray.train.Checkpoint.from_directory(folder),
             )
 
@@ -330,6 +330,7 @@ class VariantRun:
             "steps": state.step,
             "train_wall_s": state.wall_seconds,
             "best_val_loss": state.best_val_loss,
+            "val_loss": state.val_loss,
             "best_step": state.best_step,
             "stopped_early": state.stopped_early,
             "resolved_attention": self.objective.model.resolved_attention,
