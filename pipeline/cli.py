@@ -54,6 +54,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_evaluate_arguments(evaluate)
 
+    _add_search_commands(commands)
+    _add_bench_command(commands)
+    return parser
+
+
+def _add_search_commands(commands: argparse._SubParsersAction) -> None:
+    tune = commands.add_parser(
+        "tune", help="run a search config on Ray Tune: each trial trains and evaluates one "
+        "(task, variant, parameters), tracked as a child run of the search's parent run",
+    )
+    tune.add_argument("config", help="a search YAML, e.g. configs/tune_smoke.yaml")
+    _add_pipeline_arguments(tune)
+
+    report = commands.add_parser(
+        "report", help="the paper's tables, claims with confidence intervals, and plots, from "
+        "the tracked runs (Markdown, CSV, PNG, and an MLflow report run)",
+    )
+    from pipeline.report.cli import add_arguments as add_report_arguments
+
+    add_report_arguments(report)
+
+
+def _add_bench_command(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="benchmarks (JSON and a plot)")
     benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     attention = benches.add_parser(
@@ -63,7 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.bench import configure  # torch and heat only: no Ray, DeepSpeed or MLflow
 
     configure(attention)
-    return parser
 
 
 def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
@@ -150,6 +172,26 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_tune_command(args: argparse.Namespace) -> int:
+    """Validate the search config (exit 2 on any config error, before any work), run it."""
+    from heat.validation import ConfigError
+    from pipeline.config.tune import load_tune_config
+
+    try:
+        config = load_tune_config(args.config, args.overrides)
+        from pipeline.search.runner import format_search_summary, run_searches
+
+        result = run_searches(config, run_name=args.run_name, resume=args.resume)
+    except ConfigError as error:
+        print(f"heat-pipeline: config error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("heat-pipeline: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    print(format_search_summary(result))
+    return 0
+
+
 def run_evaluate_command(args: argparse.Namespace) -> int:
     """Re-score a finished run: its recorded config with other eval settings."""
     import yaml
@@ -197,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         return run_pipeline_command(args)
     if args.command == "evaluate":
         return run_evaluate_command(args)
+    if args.command == "tune":
+        return run_tune_command(args)
+    if args.command == "report":
+        from pipeline.report.cli import run as run_report
+
+        return run_report(args)
     if args.command == "bench":
         from pipeline.bench import main as run_bench
 
