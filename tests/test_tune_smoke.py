@@ -19,9 +19,10 @@ import pytest
 
 from pipeline.config import CONFIG_DIR
 
-pytestmark = pytest.mark.slow
+# The search and its resume take about 15 minutes here: more than the suite's per-test limit.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
 
-TRIALS = 8  # heat rank 16/8/4/2, taylor order 2/1, hadamard, softmax
+TRIALS = 7  # heat rank 16/8/2, taylor order 2/1, hadamard, softmax
 CONFIG = str(CONFIG_DIR / "tune_smoke.yaml")
 
 
@@ -57,7 +58,7 @@ def interrupt_after_two_trials(cwd: Path, client_uri: str) -> tuple[subprocess.P
     process = subprocess.Popen(command("tune", CONFIG, "--run-name", "search"), cwd=cwd,
                                env=environment(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 1200
+    deadline = time.monotonic() + 1500
     client = None
     while time.monotonic() < deadline and process.poll() is None:
         time.sleep(3)
@@ -82,7 +83,7 @@ def search(tmp_path_factory):
     before = {r.info.run_id: r for r in trial_runs(client)}
     parent_before = parent_run(client)
     resumed = subprocess.run(command("tune", CONFIG, "--resume"), cwd=cwd, env=environment(),
-                             capture_output=True, text=True, timeout=1800)
+                             capture_output=True, text=True, timeout=2400)
     assert resumed.returncode == 0, resumed.stderr[-5000:]
     report = subprocess.run(command("report", "--tracking-uri", uri, "--experiment",
                                     "tune_smoke", "--out", str(cwd / "report")),
@@ -123,7 +124,7 @@ def test_resume_neither_reruns_nor_duplicates_finished_trials(search):
 def test_every_trial_is_a_child_run_with_its_parameters_and_scores(search):
     runs = trial_runs(search["client"])
     heat = [r for r in runs if r.data.tags["heat.search"] == "heat_rank"]
-    assert sorted(int(r.data.params["search.rank"]) for r in heat) == [2, 4, 8, 16]
+    assert sorted(int(r.data.params["search.rank"]) for r in heat) == [2, 8, 16]
     for run in heat:
         params = run.data.params
         assert params["attention.encoder_self.rank"] == params["search.rank"]
@@ -162,8 +163,8 @@ def test_each_search_tags_its_best_trial_by_validation_loss(search):
 
 def test_the_summary_lists_every_trial(search):
     out = search["resumed"].stdout
-    assert "heat_rank (4 trials" in out and "taylor_order (2 trials" in out
-    for rank in (16, 8, 4, 2):
+    assert "heat_rank (3 trials" in out and "taylor_order (2 trials" in out
+    for rank in (16, 8, 2):
         assert f"rank={rank} seed=0" in out
 
 
