@@ -223,8 +223,10 @@ def test_resume_of_a_finished_run_skips_every_stage_and_reopens_its_parent(smoke
 
 
 def score_rows(stdout: str) -> list[str]:
-    """The summary's per-variant rows (both tasks)."""
-    summary = stdout[stdout.index("\nrun "):]
+    """The summary's per-variant rows (both tasks); `evaluate` prints the summary first thing,
+    `smoke` after the resolved config."""
+    text = "\n" + stdout
+    summary = text[text.index("\nrun "):]
     return [line for line in summary.splitlines() if line.split(" ")[0] in VARIANTS]
 
 
