@@ -22,8 +22,8 @@ def format_summary(result: PipelineResult) -> str:
         kind = result.tasks[task]
         scores = _COLUMNS[kind]
         header = ["variant", *(title for title, _ in scores), "tokens/s", "train s", "steps"]
-        rows = [[variant, *(_number(values.get(key)) for _, key in scores),
-                 _number(values.get("tokens_per_s"), 0), _number(values.get("train_wall_s"), 1),
+        rows = [[variant, *(number(values.get(key)) for _, key in scores),
+                 number(values.get("tokens_per_s"), 0), number(values.get("train_wall_s"), 1),
                  str(values.get("steps", ""))] for variant, values in variants.items()]
         lines += [task if task == kind else f"{task} ({kind})", *text_table(header, rows), ""]
     if result.evaluations:
@@ -40,7 +40,7 @@ def format_summary(result: PipelineResult) -> str:
     return "\n".join(lines)
 
 
-def _number(value: Any, digits: int = 2) -> str:
+def number(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
 
 

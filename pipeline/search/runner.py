@@ -251,7 +251,7 @@ def _tag_best(tracker: PipelineTracker, search: str, outcomes: list[TrialOutcome
 
 def format_search_summary(result: SearchResult) -> str:
     """Per search: every trial's parameters, status, validation loss and scores; the best."""
-    from pipeline.summary import text_table
+    from pipeline.summary import number, text_table
     from pipeline.tracking import browse_command
 
     lines = [f"search run {result.run_name} of config {result.name}: {result.wall_s:.0f} s", ""]
@@ -259,8 +259,8 @@ def format_search_summary(result: SearchResult) -> str:
         score = "bleu" if result.kinds[name] == "translation" else "accuracy"
         header = ["trial", "parameters", "status", "best val loss", score, "tokens/s"]
         rows = [[("* " if o.trial_id == result.best.get(name) else "  ") + o.trial_id, o.label,
-                 o.status, _number(o.metrics.get("best_val_loss"), 4),
-                 _number(o.metrics.get(score)), _number(o.metrics.get("tokens_per_s"), 0)]
+                 o.status, number(o.metrics.get("best_val_loss"), 4),
+                 number(o.metrics.get(score)), number(o.metrics.get("tokens_per_s"), 0)]
                 for o in outcomes]
         lines += [f"{name} ({len(outcomes)} trials; * best by validation loss)",
                   *text_table(header, rows), ""]
@@ -270,7 +270,3 @@ def format_search_summary(result: SearchResult) -> str:
               f"browse: {browse_command(result.tracking_uri)}",
               "compare: heat-pipeline report --experiment " + result.experiment]
     return "\n".join(lines)
-
-
-def _number(value: Any, digits: int = 2) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
