@@ -53,6 +53,26 @@ def parent_run(client: mlflow.MlflowClient) -> mlflow.entities.Run:
     return parent
 
 
+def store_ready(db: Path) -> bool:
+    """Whether the search has migrated its store and created its experiment.
+
+    Opening an MlflowClient on a store still being migrated runs a second, racing migration
+    (alembic: "expected to match one row ... 0 found"), so the test reads the file with sqlite3
+    until the search's own experiment is in it.
+    """
+    import sqlite3
+
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
+            rows = connection.execute(
+                "SELECT 1 FROM experiments WHERE name = 'tune_smoke'").fetchall()
+    except sqlite3.Error:
+        return False
+    return bool(rows)
+
+
 def interrupt_after_two_trials(cwd: Path, client_uri: str) -> tuple[subprocess.Popen, str]:
     """Start the search; SIGTERM it once two trials have ended (finished or stopped)."""
     process = subprocess.Popen(command("tune", CONFIG, "--run-name", "search"), cwd=cwd,
@@ -62,7 +82,7 @@ def interrupt_after_two_trials(cwd: Path, client_uri: str) -> tuple[subprocess.P
     client = None
     while time.monotonic() < deadline and process.poll() is None:
         time.sleep(3)
-        if client is None and (cwd / "runs" / "mlflow.db").exists():
+        if client is None and store_ready(cwd / "runs" / "mlflow.db"):
             client = mlflow.MlflowClient(client_uri)
         if client is not None:
             ended = [r for r in trial_runs(client) if r.info.status in ("FINISHED", "KILLED")]
