@@ -95,7 +95,7 @@ class AttentionSites:
         return {site: spec_to_dict(getattr(self, site)) for site in SITES}
 
 
-def resolve_sites(sites: AttentionSites) -> AttentionSites:
+def resolve_sites(sites: AttentionSites, *, quiet: bool = False) -> AttentionSites:
     """The sites as the model builds them; decoder sites a variant cannot serve become softmax.
 
     Decoder self-attention needs a causal variant: Linformer and Nystrom mix information across
@@ -106,12 +106,12 @@ def resolve_sites(sites: AttentionSites) -> AttentionSites:
     """
     decoder_self, cross = sites.decoder_self, sites.cross
     if not capabilities(decoder_self).causal:
-        logger.warning(
+        (logger.debug if quiet else logger.warning)(
             "decoder self-attention: %s cannot be causal; using softmax", decoder_self.name
         )
         decoder_self = SoftmaxSpec()
     if not capabilities(cross).query_independent:
-        logger.warning(
+        (logger.debug if quiet else logger.warning)(
             "decoder cross-attention: %s pools over the target positions (later target tokens "
             "would leak into earlier ones); using softmax", cross.name
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 
 
 def _positive_int(text: str) -> int:
@@ -146,14 +147,38 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_pipeline_command(args: argparse.Namespace) -> int:
-    """Validate the config (exit 2 on any config error, no traceback), print it, run it."""
-    import yaml
-
-    from heat.validation import ConfigError
-    from pipeline.config import load_config, packaged_config
+def report_errors(body: Callable[[], int], interrupted: str = "continue with --resume") -> int:
+    """Run a command's body; a mistake in the user's config or data (a `ConfigError`, also one
+    raised in a Ray task) is one line and exit code 2, Ctrl-C or SIGTERM exit code 130, any other
+    failure one line naming its root cause and where its traceback is kept, exit code 1."""
+    from pipeline.errors import one_line, user_error
 
     try:
+        return body()
+    except KeyboardInterrupt:
+        print(f"heat-pipeline: interrupted{'; ' if interrupted else ''}{interrupted}",
+              file=sys.stderr)
+        return 130
+    except Exception as error:
+        mistake = user_error(error)
+        if mistake is not None:
+            print(f"heat-pipeline: config error: {mistake}", file=sys.stderr)
+            return 2
+        log = getattr(error, "heat_log", None)
+        if log is None:
+            raise
+        print(f"heat-pipeline: failed: {one_line(error)} (traceback in {log})", file=sys.stderr)
+        return 1
+
+
+def run_pipeline_command(args: argparse.Namespace) -> int:
+    """Validate the config (exit 2 on any config error, no traceback), print it, run it."""
+
+    def body() -> int:
+        import yaml
+
+        from pipeline.config import load_config, packaged_config
+
         path = packaged_config("smoke") if args.command == "smoke" else args.config
         config = load_config(path, args.overrides)
         print(f"# resolved config ({path})\n" + yaml.safe_dump(config.to_dict(), sort_keys=False),
@@ -162,77 +187,80 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
         from pipeline.summary import format_summary
 
         result = run_pipeline(config, run_name=args.run_name, resume=args.resume)
-    except ConfigError as error:
-        print(f"heat-pipeline: config error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("heat-pipeline: interrupted; continue with --resume", file=sys.stderr)
-        return 130
-    print(format_summary(result))
-    return 0
+        print(format_summary(result))
+        return 0
+
+    return report_errors(body)
 
 
 def run_tune_command(args: argparse.Namespace) -> int:
     """Validate the search config (exit 2 on any config error, before any work), run it."""
-    from heat.validation import ConfigError
-    from pipeline.config.tune import load_tune_config
 
-    try:
+    def body() -> int:
+        from pipeline.config.tune import load_tune_config
+
         config = load_tune_config(args.config, args.overrides)
         from pipeline.search.runner import format_search_summary, run_searches
 
         result = run_searches(config, run_name=args.run_name, resume=args.resume)
-    except ConfigError as error:
-        print(f"heat-pipeline: config error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("heat-pipeline: interrupted; continue with --resume", file=sys.stderr)
-        return 130
-    print(format_search_summary(result))
-    return 0
+        print(format_search_summary(result))
+        return 0
+
+    return report_errors(body)
 
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
     """Re-score a finished run: its recorded config with other eval settings."""
+    return report_errors(lambda: _evaluate(args), interrupted="")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     import yaml
 
     from heat.validation import ConfigError
     from pipeline import storage
     from pipeline.config import build_config
     from pipeline.configtools import apply_overrides
-    from pipeline.run import rescore_run, run_folder
+    from pipeline.run import rescore_run
+    from pipeline.runfolder import run_folder
     from pipeline.summary import format_summary
 
-    try:
-        folder = args.run if storage.exists(storage.join(args.run, "config.yaml")) else \
-            run_folder(args.storage_root, args.run)
-        recorded_file = storage.join(folder, "config.yaml")
-        if not storage.exists(recorded_file):
-            raise ConfigError("run", f"no run {args.run!r}: {recorded_file} does not exist "
-                                     f"(pass the run's folder, or --storage-root)")
-        raw = yaml.safe_load(storage.read_bytes(recorded_file))
-        recorded = build_config(raw)
-        overrides = list(args.overrides)
-        for flag, (key, kinds) in _EVAL_FLAGS.items():
-            value = getattr(args, flag)
-            if value is not None:
-                overrides += [f"tasks.{name}.eval.{key}={value}"
-                              for name, task in recorded.tasks.items() if task.kind in kinds]
-        config = build_config(apply_overrides(raw, overrides))
-        result = rescore_run(config, folder.rstrip("/").rsplit("/", 1)[-1], recorded)
-    except ConfigError as error:
-        print(f"heat-pipeline: config error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("heat-pipeline: interrupted", file=sys.stderr)
-        return 130
+    folder = args.run if storage.exists(storage.join(args.run, "config.yaml")) else \
+        run_folder(args.storage_root, args.run)
+    recorded_file = storage.join(folder, "config.yaml")
+    if not storage.exists(recorded_file):
+        raise ConfigError("run", f"no run {args.run!r}: {recorded_file} does not exist "
+                                 f"(pass the run's folder, or --storage-root)")
+    raw = yaml.safe_load(storage.read_bytes(recorded_file))
+    recorded = build_config(raw)
+    overrides = list(args.overrides)
+    for flag, (key, kinds) in _EVAL_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides += [f"tasks.{name}.eval.{key}={value}"
+                          for name, task in recorded.tasks.items() if task.kind in kinds]
+    config = build_config(apply_overrides(raw, overrides))
+    result = rescore_run(config, folder.rstrip("/").rsplit("/", 1)[-1], recorded)
     print(format_summary(result))
     return 0
 
 
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line. `KEY=VALUE` overrides may come anywhere after the command, also
+    after `--resume` or `--run-name NAME` (argparse alone only takes them right after the
+    config: its positionals are consumed together)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and not any(a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     if args.command == "demo-attention":
         return run_demo(args)
     if args.command in ("run", "smoke"):

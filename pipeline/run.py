@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import logging
 import re
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import yaml
 
@@ -42,9 +40,18 @@ from pipeline.config import (
     TASK_SECTIONS,
     PipelineConfig,
     RayConfig,
-    StorageConfig,
-    TrackingConfig,
 )
+from pipeline.errors import console_without_tracebacks, user_error
+from pipeline.runfolder import (
+    RunnableConfig,
+    differences,
+    record_run,
+    resolve_run_name,
+    run_path,
+    sigterm_as_interrupt,
+    traceback_kept,
+)
+from pipeline.services import probe_services
 from pipeline.stages import STAGES, Stage, StageContext
 from pipeline.summary import format_summary
 from pipeline.tracking import PipelineTracker, flatten
@@ -52,22 +59,10 @@ from pipeline.tracking import PipelineTracker, flatten
 logger = logging.getLogger(__name__)
 
 _ROOT = Path(__file__).resolve().parent.parent
-_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-RUNS_FOLDER = "pipeline-runs"
 
 STAGE_CODE = {stage.name: stage.code for stage in STAGES}
 """The code each stage's output depends on: an edit there invalidates the cached outputs."""
 _TASK_KEYS = tuple(f"{section}." for section in TASK_SECTIONS)
-
-
-class RunnableConfig(Protocol):
-    """What the run bookkeeping needs of a config (a pipeline config or a search config)."""
-
-    name: str
-    storage: StorageConfig
-    tracking: TrackingConfig
-
-    def to_dict(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -106,10 +101,11 @@ def run_pipeline(config: PipelineConfig, *, run_name: str | None = None,
     A failure (or Ctrl-C, or SIGTERM from `ray job stop`) marks the MLflow parent run and its
     unfinished children FAILED with the reason, and re-raises; finished stage outputs stay, so
     `--resume` continues from them."""
+    probe_services(config)
     run_name = resolve_run_name(config, run_name, resume)
     record_run(config, run_name)
     tracker = open_tracker(config, run_name, resume=resume)
-    with sigterm_as_interrupt(), tracker.failed_on_error():
+    with traceback_kept(config, run_name), sigterm_as_interrupt(), tracker.failed_on_error():
         _log_parent(tracker, config, run_name)
         return _execute(config, run_name, tracker, summary_file="summary.txt")
 
@@ -119,7 +115,7 @@ def rescore_run(config: PipelineConfig, run_name: str, recorded: PipelineConfig
     """Evaluate the finished run `run_name` (recorded with `recorded`) again with the eval
     settings of `config`, which may differ from the recorded one in its tasks' eval sections
     only. The scores go into the run's MLflow child runs under a label naming the change."""
-    changed = [key for key in _differences(recorded.to_dict(), config.to_dict())
+    changed = [key for key in differences(recorded.to_dict(), config.to_dict())
                if not re.fullmatch(r"tasks\.[^.]+\.eval(\..+)?", key)]
     if changed:
         raise ConfigError(changed[0], f"differs from run {run_name!r}'s config; evaluate "
@@ -128,8 +124,9 @@ def rescore_run(config: PipelineConfig, run_name: str, recorded: PipelineConfig
 
     labels = {name: evaluation_label(recorded.tasks[name].eval, task.eval)
               for name, task in config.tasks.items()}
+    probe_services(config)
     tracker = open_tracker(config, run_name, resume=True)
-    with sigterm_as_interrupt(), tracker.failed_on_error():
+    with traceback_kept(config, run_name), sigterm_as_interrupt(), tracker.failed_on_error():
         suffix = "-".join(sorted({label for label in labels.values() if label})) or "rerun"
         return _execute(config, run_name, tracker, summary_file=f"summary-{suffix}.txt",
                         labels=labels, finished_before="evaluate")
@@ -161,73 +158,10 @@ def _execute(config: PipelineConfig, run_name: str, tracker: PipelineTracker, *,
             result.results[task.name] = _run_task(context, result.stages, finished_before)
     result.wall_s = time.perf_counter() - start
     summary = format_summary(result)
-    storage.write_bytes(_run_folder(config, run_name, summary_file), summary.encode())
+    storage.write_bytes(run_path(config, run_name, summary_file), summary.encode())
     tracker.log_text(tracker.parent_run_id, summary, summary_file)
     tracker.finish(tracker.parent_run_id)
     return result
-
-
-# ---------------------------------------------------------------------------------------------
-# Run names and --resume
-
-
-def _run_folder(config: RunnableConfig, *parts: str) -> str:
-    return storage.join(config.storage.root, RUNS_FOLDER, *parts)
-
-
-def run_folder(root: str, run_name: str) -> str:
-    """Where run `run_name` under storage root `root` keeps its resolved config and summaries."""
-    return storage.join(root, RUNS_FOLDER, run_name)
-
-
-def resolve_run_name(config: RunnableConfig, run_name: str | None, resume: bool) -> str:
-    """The run to start, or with `resume` the run to continue (default: the config's latest).
-
-    Resuming needs the same resolved config: the stage keys, the checkpoints and the MLflow
-    params all assume it."""
-    if run_name is not None and not _RUN_NAME.fullmatch(run_name):
-        raise ConfigError("--run-name", f"must match {_RUN_NAME.pattern}, got {run_name!r}")
-    latest = _run_folder(config, f"{config.name}.latest")
-    if not resume:
-        run_name = run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if storage.exists(_run_folder(config, run_name)):
-            raise ConfigError("--run-name", f"run {run_name!r} already exists under "
-                                            f"{config.storage.root}: continue it with --resume, "
-                                            f"or choose another name")
-        return run_name
-    if run_name is None:
-        if not storage.exists(latest):
-            raise ConfigError("--resume", f"no earlier run of config {config.name!r} under "
-                                          f"{config.storage.root}; start one without --resume")
-        run_name = storage.read_bytes(latest).decode().strip()
-    recorded = _run_folder(config, run_name, "config.yaml")
-    if not storage.exists(recorded):
-        raise ConfigError("--resume", f"no run {run_name!r} under {config.storage.root} to "
-                                      f"resume")
-    changed = _differences(yaml.safe_load(storage.read_bytes(recorded)), config.to_dict())
-    if changed:
-        raise ConfigError("--resume", f"the config differs from run {run_name!r}'s at "
-                                      f"{', '.join(changed[:5])}; resume with the same config "
-                                      f"and overrides, or start a new run without --resume")
-    logger.info("resuming run %s", run_name)
-    return run_name
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested mappings."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = sorted(set(old) | set(new))
-        return [d for k in keys
-                for d in _differences(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else k)]
-    return [] if old == new else [prefix or "config"]
-
-
-def record_run(config: RunnableConfig, run_name: str) -> None:
-    """Write the resolved config and the latest-run pointer before any work, so a run killed at
-    any point can be resumed."""
-    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    storage.write_bytes(_run_folder(config, run_name, "config.yaml"), text.encode())
-    storage.write_bytes(_run_folder(config, f"{config.name}.latest"), run_name.encode())
 
 
 def _log_parent(tracker: PipelineTracker, config: PipelineConfig, run_name: str) -> None:
@@ -237,24 +171,6 @@ def _log_parent(tracker: PipelineTracker, config: PipelineConfig, run_name: str)
     tracker.log_params(tracker.parent_run_id, flatten({**params, "run_name": run_name}))
     tracker.log_text(tracker.parent_run_id, yaml.safe_dump(resolved, sort_keys=False),
                      "config.yaml")
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM (`ray job stop`, a scheduler's kill) into KeyboardInterrupt, so the MLflow
-    runs end FAILED with a reason instead of staying RUNNING forever."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -279,7 +195,12 @@ def ray_session(config: RayConfig) -> Iterator[int]:
         ray.init(address=config.address)
     # One overall Ray Data bar per dataset; the per-operator bars of datasets read by several
     # processes interleave into unreadable terminal output.
-    ray.data.DataContext.get_current().enable_operator_progress_bars = False
+    data = ray.data.DataContext.get_current()
+    data.enable_operator_progress_bars = False
+    # A UDF's own exception (a ConfigError about a damaged file) reaches the driver as itself,
+    # under RayTaskError's `.cause`, not as a UserCodeException holding only its text.
+    data.raise_original_map_exception = True
+    console_without_tracebacks("ray", "ray.data")
     try:
         yield max(1, int(ray.cluster_resources().get("CPU", 1)))
     finally:
@@ -343,9 +264,10 @@ def _stage(context: StageContext, stage: Stage, reports: list[StageReport],
     try:
         outcome = stagecache.run_cached(out, inputs, lambda uri: stage.run(context, uri),
                                         clear_partial=not stage.keep_partial)
-    except ConfigError as error:
-        if error.field.startswith(_TASK_KEYS):
-            raise error.within(f"tasks.{task.name}") from None
+    except Exception as error:
+        mistake = user_error(error)  # also one raised in a Ray task (reading a damaged file)
+        if mistake is not None and mistake.field.startswith(_TASK_KEYS):
+            raise mistake.within(f"tasks.{task.name}") from None
         raise
     if outcome.skipped:
         logger.info("%s: skipped, finished earlier (%s)", label, out)

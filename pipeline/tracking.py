@@ -25,6 +25,8 @@ from typing import Any
 import mlflow
 from mlflow.entities import Param, RunStatus, RunTag
 
+from pipeline.errors import one_line
+
 logger = logging.getLogger(__name__)
 
 PARAMS_PER_BATCH = 100  # MLflow's limit on params in one log_batch call
@@ -191,15 +193,9 @@ class PipelineTracker:
 
 
 def failure_reason(error: BaseException) -> str:
-    """One line for the tag: the error's type, its first line and, for a multi-line message
-    (Ray's worker errors embed whole tracebacks), its last line, the root cause."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if not lines and isinstance(error, KeyboardInterrupt):
-        lines = ["interrupted (Ctrl-C, or SIGTERM e.g. from `ray job stop`)"]
-    if not lines:
-        return type(error).__name__
-    text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
-    return f"{type(error).__name__}: {text}"[:1000]
+    """One line for the tag: the root cause under Ray's wrappers (`pipeline.errors.one_line`),
+    its type and message, no colour codes, no remote traceback."""
+    return one_line(error)
 
 
 def _experiment_id(client: mlflow.MlflowClient, name: str, artifact_location: str | None) -> str:

@@ -33,3 +33,12 @@ def qkv(batch: int, heads: int, n: int, m: int, d: int, dtype=torch.float64, see
     k = torch.randn(batch, heads, m, d, generator=generator, dtype=dtype)
     v = torch.randn(batch, heads, m, d, generator=generator, dtype=dtype)
     return q, k, v
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """A finished tiny pipeline run (real Ray, DeepSpeed, MLflow) that the bad-input suites
+    point their failing runs at: nothing it wrote may change (`tests/bad_input.py`)."""
+    from bad_input import finish_a_run
+
+    return finish_a_run(tmp_path_factory.mktemp("finished"))

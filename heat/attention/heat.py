@@ -86,6 +86,27 @@ class HeatSpec(AttentionSpec):
                 f"quadrature_nodes={self.quadrature_nodes})"
             )) from None
 
+    def check_runs_on(self, device_type: str, causal: bool) -> None:
+        """`implementation: fused` needs fused kernels: the C++ ones on the CPU (built on first
+        use: a compiler, HEAT_CPU_KERNELS not 0), the Triton ones on CUDA, which are non-causal
+        only (whether Triton runs on a GPU node cannot be told from here)."""
+        if self.implementation != "fused":
+            return
+        if device_type == "cuda" and causal:
+            raise self.error("implementation", "fused has no causal kernel on CUDA (the Triton "
+                                               "kernels are non-causal); use auto (fused where "
+                                               "it can, folded at causal sites) or folded")
+        if device_type == "cpu":
+            from heat.attention import cpu_kernels
+
+            try:
+                cpu_kernels.library()
+            except (cpu_kernels.KernelUnavailable, OSError) as error:
+                reason = str(error).splitlines()[0]
+                raise self.error("implementation", f"fused needs the C++ CPU kernels, which are "
+                                                   f"unavailable here ({reason}); use auto or "
+                                                   f"folded") from None
+
     def exact_counterpart(self) -> HadamardSpec:
         return HadamardSpec(bound=self.bound)
 

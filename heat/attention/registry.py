@@ -78,7 +78,7 @@ def add(spec_cls: type[AttentionSpec], kernel_cls: type) -> VariantEntry:
 
 def unregister(name: str) -> VariantEntry:
     """Remove a registered variant (the inverse of `register`); returns its entry."""
-    if name not in REGISTRY:
+    if not isinstance(name, str) or name not in REGISTRY:
         raise KeyError(f"attention variant '{name}' is not registered")
     return REGISTRY.pop(name)
 
@@ -136,7 +136,7 @@ def spec_from_dict(raw: Mapping[str, Any]) -> AttentionSpec:
     if not isinstance(raw, Mapping):
         raise SpecError("attention", f"must be a mapping with a 'name' key, got {raw!r}")
     name = raw.get("name")
-    if name not in REGISTRY:
+    if not isinstance(name, str) or name not in REGISTRY:
         raise SpecError(
             "attention.name", f"unknown variant {name!r}; allowed: {', '.join(sorted(REGISTRY))}"
         )

@@ -13,7 +13,9 @@ Besides its fields a spec class says, with defaults that suit most variants:
   `heat-pipeline demo-attention` run;
 - `sweeps`, `for_length`, `label()`: what `heat-pipeline bench attention` sweeps and how it names
   a configuration;
-- `listing_order`, `demo_order`: where the variant appears when all of them are listed.
+- `listing_order`, `demo_order`: where the variant appears when all of them are listed;
+- `check_runs_on(device_type, causal)`: refuse, when the config loads, a setting the device
+  cannot run (HEAT's `implementation: fused` without fused kernels there).
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ class AttentionSpec:
     def exact_counterpart(self) -> AttentionSpec:
         """The exact attention this spec approximates; an exact variant is its own."""
         return self
+
+    def check_runs_on(self, device_type: str, causal: bool) -> None:
+        """Raise a `SpecError` if this spec cannot run on `device_type` ("cpu", "cuda") at a
+        causal or non-causal site, as far as this process can tell (a config loads on a driver
+        that may have no GPU). Default: every spec runs everywhere it is allowed."""
 
     @property
     def is_exact(self) -> bool:

@@ -18,16 +18,22 @@ Output: a JSON list of records `{"variant", "params", "n", "causal", "device", "
 `skipped` (or `error_skipped`) says why. Optional plot: time against n, log-log, one line per
 variant configuration, SDPA as the reference, the crossover marked.
 
+Bad arguments: one `heat-pipeline: bench attention: FLAG: ...` line on stderr, exit status 2,
+before any benchmarking work (`checks`; the variant specs' own checks are reported under the flag
+that set the value).
+
 Modules: `cases` (the variant configurations, from the registry and each spec's sweeps),
-`measurement` (timing, peak memory), `runner` (a run over every n), `report` (table, plot), `cli`.
+`measurement` (timing, peak memory), `runner` (a run over every n), `report` (table, plot),
+`checks` (argument checks), `cli`.
 """
 
 from pipeline.bench import measurement
 from pipeline.bench.cases import REFERENCE, Case, build_cases
+from pipeline.bench.checks import BenchArgumentError
 from pipeline.bench.cli import configure, main
 from pipeline.bench.measurement import PeakMemory
 from pipeline.bench.report import format_table, plot
 from pipeline.bench.runner import run
 
-__all__ = ["REFERENCE", "Case", "PeakMemory", "build_cases", "configure", "format_table",
-           "main", "measurement", "plot", "run"]
+__all__ = ["REFERENCE", "BenchArgumentError", "Case", "PeakMemory", "build_cases", "configure",
+           "format_table", "main", "measurement", "plot", "run"]

@@ -4,28 +4,30 @@ from __future__ import annotations
 
 import argparse
 import platform
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from heat.attention import build_attention
-from pipeline.bench.cases import REFERENCE, Case, build_cases
+from heat.validation import ConfigError
+from pipeline.bench.cases import REFERENCE, Case, build_cases, flag_for, spec_error
+from pipeline.bench.checks import BenchArgumentError, check_device
 from pipeline.bench.measurement import PeakMemory, measure, measure_memory
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+def run(args: argparse.Namespace, cases: list[Case] | None = None) -> list[dict[str, Any]]:
+    """Bench `cases` (default: `build_cases(args)`) at every n of `args.lengths`. A kernel that
+    cannot be built or run as asked is a `BenchArgumentError`, before any timing."""
     from tqdm import tqdm
 
+    check_device(args.device)
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device visible to torch")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    cases = build_cases(args)
+    cases = build_cases(args) if cases is None else cases
     for case in cases:
-        torch.manual_seed(args.seed)
-        case.kernel = build_attention(case.spec, head_dim=args.head_dim, num_heads=args.heads)
-        case.kernel.to(device=device, dtype=dtype)  # learned projections in the input dtype
+        _build_kernel(case, args, device, dtype)
     counterparts = dict.fromkeys(case.spec.exact_counterpart() for case in cases
                                  if not case.spec.is_exact)
     exact_kernels = {spec: build_attention(spec, head_dim=args.head_dim, num_heads=args.heads)
@@ -49,7 +51,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 progress.update()
                 continue
             live.append((case, record))
-        measured.append((n, measure(live, args, n, device, dtype, exact_kernels, progress)))
+        if live:  # no inputs allocated at an n where every case is skipped
+            measured.append((n, measure(live, args, n, device, dtype, exact_kernels, progress)))
         for case, record in live:
             if record["fwd_bwd_ms"] is not None:
                 last_ms[case.label] = (n, record["fwd_bwd_ms"])
@@ -61,13 +64,31 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return records
 
 
+def _build_kernel(case: Case, args, device: torch.device, dtype: torch.dtype) -> None:
+    """Build `case.kernel` on `device` and ask it how it would run (e.g. heat's fused path:
+    an error where it is unavailable), reporting a failure as the argument that asked for it."""
+    try:
+        torch.manual_seed(args.seed)
+        case.kernel = build_attention(case.spec, head_dim=args.head_dim, num_heads=args.heads)
+        case.kernel.to(device=device, dtype=dtype)  # learned projections in the input dtype
+        case.kernel.describe_run(device, causal=args.causal)
+    except ConfigError as error:
+        raise spec_error(case.variant, error) from None
+    except (RuntimeError, ValueError) as error:  # e.g. 'heat.implementation=fused: ...'
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        named = re.match(rf"{re.escape(case.variant)}\.(\w+)", message)
+        flag = flag_for(case.variant, named.group(1)) if named else "--variants"
+        raise BenchArgumentError(flag, f"{case.label}: {message}") from None
+
+
 def _measure_all_memory(measured, args, device: torch.device, dtype: torch.dtype) -> None:
     """Memory after every timing: on the CPU it switches the allocator to returning freed
     memory at once (see PeakMemory), which would slow every later allocation."""
     memory = PeakMemory(device)
     try:
         for n, ok in measured:
-            measure_memory(ok, args, n, device, dtype, memory)
+            if ok:
+                measure_memory(ok, args, n, device, dtype, memory)
     finally:
         memory.close()
 

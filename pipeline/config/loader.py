@@ -26,6 +26,7 @@ from pipeline.config.variants import (
     NAME,
     Variant,
     VariantAttention,
+    check_devices,
     fit_error,
     model_config,
     parse_variants,
@@ -130,6 +131,7 @@ def build_config(raw: Mapping[str, Any]) -> PipelineConfig:
         raise ConfigError("description", f"must be a string, got {description!r}")
     storage_config = build(StorageConfig, raw.get("storage"), "storage")
     storage_config = StorageConfig(root=storage.resolve(storage_config.root))
+    _check_storage_root(storage_config.root)
     ray_config = build(RayConfig, raw.get("ray"), "ray")
     variants = parse_variants(raw.get("variants"))
     tasks = _tasks(raw.get("tasks"), raw.get("defaults"), variants)
@@ -147,10 +149,31 @@ def _check_keys(path: str, raw: Any, allowed: tuple[str, ...]) -> None:
     if not isinstance(raw, Mapping):
         raise ConfigError(path or "config", f"must be a mapping with keys {', '.join(allowed)}, "
                                             f"got {raw!r}")
-    unknown = sorted(set(raw) - set(allowed))
+    unknown = sorted(set(raw) - set(allowed), key=str)
     if unknown:
         key = f"{path}.{unknown[0]}" if path else str(unknown[0])
-        raise ConfigError(key, f"unknown key; allowed keys: {', '.join(allowed)}")
+        hint = ("; base and tune belong in a search config: run it with `heat-pipeline tune`"
+                if not path and unknown[0] in ("base", "tune") else "")
+        raise ConfigError(key, f"unknown key; allowed keys: {', '.join(allowed)}{hint}")
+
+
+def _check_storage_root(root: str) -> None:
+    """A local root must be a folder, or a path whose nearest existing ancestor is a folder (the
+    run creates the rest); a remote root is checked when it is first written."""
+    local = storage.local_path(root)
+    if local is None:
+        return
+    for folder in (Path(local), *Path(local).parents):
+        if os.path.islink(folder) and not folder.exists():
+            raise ConfigError("storage.root", f"{folder} is a broken symbolic link; expected a "
+                                              f"folder (or a path where one can be created)")
+        if not folder.exists():
+            continue
+        if not folder.is_dir():
+            where = "is" if str(folder) == local else f"lies under {folder}, which is"
+            raise ConfigError("storage.root", f"{local} {where} a file, not a folder; expected "
+                                              f"a folder (created if missing) or a URI")
+        return
 
 
 def _tracking(config: TrackingConfig, name: str, root: str) -> TrackingConfig:
@@ -245,7 +268,7 @@ def _selected_variants(key: str, raw: Any, variants: dict[str, VariantAttention]
     if not isinstance(raw, list) or not raw:
         raise ConfigError(key, f"must be a non-empty list of variant labels, got {raw!r}")
     for label in raw:
-        if label not in variants:
+        if not isinstance(label, str) or label not in variants:
             raise ConfigError(key, f"unknown variant {label!r}; defined in variants: "
                                    f"{', '.join(variants)}")
     if len(set(raw)) != len(raw):
@@ -264,6 +287,11 @@ def _check_models(path: str, task: TaskConfig) -> None:
             if keyed is error:
                 raise error.within(f"{path}.model") from None
             raise ConfigError(keyed.field, f"{keyed.message} (in task {task.name})") from None
+        try:
+            check_devices(variant, task.kind, task.train.use_gpu)
+        except ConfigError as error:
+            raise ConfigError(error.field, f"{error.message} (in task {task.name}, "
+                                           f"train.use_gpu={task.train.use_gpu})") from None
 
 
 def _check_token_budget(path: str, task: TaskConfig) -> None:

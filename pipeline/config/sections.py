@@ -36,6 +36,11 @@ class StorageConfig:
     """Stage outputs, Ray Train checkpoints and (by default) the MLflow store: a folder (made
     absolute against the current directory) or any pyarrow URI every node can reach (s3://...)."""
 
+    def __post_init__(self) -> None:
+        if not self.root.strip() or "\0" in self.root:
+            raise ConfigError("root", f"must be a folder (created if missing) or a URI such as "
+                                      f"s3://bucket/runs, got {self.root!r}")
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrackingConfig:

@@ -187,8 +187,11 @@ class TuneConfig:
 
 def load_tune_config(path: str, overrides: Sequence[str] = ()) -> TuneConfig:
     """Read a search config (its `base` beneath it), apply overrides, check every trial."""
-    raw = _with_base(load_yaml(path), Path(path).resolve().parent)
+    raw = _with_base(load_yaml(path), Path(path).resolve())
     raw = apply_overrides(raw, list(overrides))
+    if "base" in raw:
+        raise ConfigError("base", "is read from the search config file, before overrides "
+                                  "apply: set it in the file, not on the command line")
     if "tune" not in raw:
         raise ConfigError("tune", "is required in a search config (see configs/tune_smoke.yaml)")
     tune_raw = raw.pop("tune")
@@ -200,24 +203,46 @@ def load_tune_config(path: str, overrides: Sequence[str] = ()) -> TuneConfig:
     return config
 
 
-def _with_base(raw: Any, folder: Path) -> Any:
+def _with_base(raw: Any, search_file: Path) -> Any:
     """`base: smoke` (a packaged config, or a path relative to the search config) merged
     beneath the search config's own keys."""
     if not isinstance(raw, Mapping) or "base" not in raw:
         return raw
     raw = dict(raw)
     base = raw.pop("base")
-    if not isinstance(base, str):
-        raise ConfigError("base", f"must name a pipeline config, got {base!r}")
+    found = _base_file(base, search_file)
+    try:
+        base_raw = load_yaml(str(found))
+    except ConfigError as error:  # the base file's own problem: the message names the file
+        raise (error.renamed("base") if error.field == "config" else error) from None
+    if "tune" in base_raw:
+        raise ConfigError("base", f"{found} is a search config; base must be a pipeline config")
+    if "base" in base_raw:
+        raise ConfigError("base", f"{found} has a base of its own ({base_raw['base']!r}); base "
+                                  f"must be a pipeline config, bases do not chain")
+    return merge_mappings(base_raw, raw)
+
+
+def _base_file(base: Any, search_file: Path) -> Path:
+    """The file `base` names: beside the search config (as given or + .yaml), else packaged."""
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError("base", f"must name a pipeline config (a packaged config such as "
+                                  f"smoke, or a YAML path beside the search config), got "
+                                  f"{base!r}")
+    folder = search_file.parent
     candidates = [folder / base, folder / f"{base}.yaml", CONFIG_DIR / f"{base}.yaml"]
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
+        folders = [p for p in candidates if p.is_dir()]
+        if folders:
+            raise ConfigError("base", f"{base!r} is the directory {folders[0]}, expected a "
+                                      f"pipeline config file")
         raise ConfigError("base", f"{base!r} is neither a file beside the search config nor a "
                                   f"packaged config ({CONFIG_DIR})")
-    base_raw = load_yaml(str(found))
-    if isinstance(base_raw, Mapping) and "tune" in base_raw:
-        raise ConfigError("base", f"{found} is a search config; base must be a pipeline config")
-    return merge_mappings(base_raw, raw)
+    if found.resolve() == search_file:
+        raise ConfigError("base", f"{base!r} is the search config itself ({search_file}); base "
+                                  f"must name another, pipeline config")
+    return found
 
 
 def check_search(config: TuneConfig, name: str) -> None:

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from heat.attention import AttentionSpec, SpecError, spec_from_dict, spec_to_dict
-from heat.models import SITES, Architecture, AttentionSites, ClassifierConfig, Seq2SeqConfig
+from heat.models import (
+    SITES,
+    Architecture,
+    AttentionSites,
+    ClassifierConfig,
+    Seq2SeqConfig,
+    resolve_sites,
+)
 from heat.validation import ConfigError
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -127,7 +134,44 @@ def _parse(label: str, attention: Any) -> VariantAttention:
         sites = AttentionSites.from_dict(raw_sites)
     except ConfigError as error:  # 'attention.cross.rank', or a site the variant cannot serve
         raise error.renamed(key + error.field.removeprefix("attention")) from None
+    _check_written_sites(key, sites, written)
     return VariantAttention(label, sites, written)
+
+
+def _check_written_sites(key: str, sites: AttentionSites, written: tuple[str, ...]) -> None:
+    """A site the config names must be served by the variant it names: the model would build
+    softmax there instead (`heat.sites.resolve_sites`), trained under the variant's label. A
+    variant written as one spec for every site keeps that documented fallback."""
+    resolved = resolve_sites(sites, quiet=True)
+    for site in written:
+        spec = getattr(sites, site)
+        if getattr(resolved, site) != spec:
+            need = ("a causal variant" if site == "decoder_self" else
+                    "a variant whose output at a query depends on that query and the keys only")
+            raise ConfigError(f"{key}.{site}", f"{spec.name} cannot serve {site}: it needs "
+                                               f"{need}; name another variant there, or write "
+                                               f"the variant as one spec (its decoder sites then "
+                                               f"fall back to softmax)")
+
+
+def check_devices(variant: Variant, kind: str, use_gpu: bool) -> None:
+    """Every spec of the variant can run where the task trains (`AttentionSpec.check_runs_on`):
+    a SpecError keyed `variants.<label>[.<site>].<parameter>`."""
+    device = "cuda" if use_gpu else "cpu"
+    if isinstance(variant.attention, AttentionSpec):
+        placed = [("", variant.attention, False)]
+    else:
+        written = variant.attention
+        one_spec = len({getattr(written, site) for site in SITES}) == 1  # keyed as written
+        sites = resolve_sites(written, quiet=True)
+        placed = [(site, getattr(sites, site), site == "decoder_self") for site in SITES]
+    for site, spec, causal in placed:
+        try:
+            spec.check_runs_on(device, causal)
+        except SpecError as error:
+            key = f"variants.{variant.name}{'' if not site or one_spec else '.' + site}"
+            where = f"at {site}: " if site else ""
+            raise ConfigError(f"{key}{_parameter(error)}", where + error.message) from None
 
 
 def _parameter(error: SpecError) -> str:

@@ -31,16 +31,15 @@ import yaml
 
 from pipeline import storage
 from pipeline.config.tune import TuneConfig
-from pipeline.run import (
-    StageReport,
-    open_tracker,
-    ray_session,
+from pipeline.run import StageReport, open_tracker, ray_session, run_shared_stages
+from pipeline.runfolder import (
     record_run,
     resolve_run_name,
-    run_shared_stages,
     sigterm_as_interrupt,
+    traceback_kept,
 )
 from pipeline.search import slots, space
+from pipeline.services import probe_services
 from pipeline.search.trial import TrialSetup, run_trial, trial_label
 from pipeline.stages import StageContext
 from pipeline.tracking import TAG_BEST_TRIAL, TAG_PARENT, TAG_TRIAL, PipelineTracker, flatten
@@ -84,11 +83,12 @@ def run_searches(config: TuneConfig, *, run_name: str | None = None,
 
     A failure or an interrupt marks the parent run and its unfinished trials FAILED and
     re-raises; Tune's state and every trial's checkpoints stay for `--resume`."""
+    probe_services(config.pipeline)
     run_name = resolve_run_name(config, run_name, resume)
     record_run(config, run_name)
     tracker = open_tracker(config, run_name, resume=resume)
     start = time.perf_counter()
-    with sigterm_as_interrupt(), tracker.failed_on_error():
+    with traceback_kept(config, run_name), sigterm_as_interrupt(), tracker.failed_on_error():
         resolved = config.to_dict()
         tracker.log_params(tracker.parent_run_id, flatten({
             **{k: v for k, v in resolved.items() if k != "tasks"},

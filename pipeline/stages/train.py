@@ -22,6 +22,7 @@ import yaml
 
 from heat.validation import ConfigError
 from pipeline import storage
+from pipeline.training.checkpoints import prune_unregistered
 from pipeline.config import TrainConfig
 from pipeline.stages.base import Stage, StageContext
 from pipeline.tracking import flatten, task_tags
@@ -84,6 +85,8 @@ def train(job: TrainJob, *, run_callbacks: list[Any] | None = None) -> dict[str,
         ),
     )
     result = trainer.fit()  # raises TrainingFailedError when the workers fail
+    kept = [result.checkpoint, *(c for c, _ in result.best_checkpoints or [])]
+    prune_unregistered(storage.join(job.storage_uri, job.run_name), kept)
     return _read_results(result.checkpoint, job)
 
 

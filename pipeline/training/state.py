@@ -6,6 +6,8 @@ A checkpoint folder (one per `ray.train.report`, merged by Ray from every rank's
                            step, best validation loss, patience counter, accumulated times
     best_model.pt          rank 0: the current variant's best weights so far (fp32 state dict)
     ranks/rank_<r>.pt      every rank: its batch-stream position and RNG states
+    manifests/rank_<r>.json  every rank, written last: its files and their sizes (a folder is
+                           complete when all are there: `pipeline.training.checkpoints`)
     engine/...             DeepSpeed: module, optimizer shards (ZeRO), LR scheduler
 
 A checkpoint reported when a variant finishes holds only progress.json: the next variant starts
@@ -25,6 +27,7 @@ from typing import Any
 import torch
 
 from pipeline.batching import BatchPosition
+from pipeline.training.checkpoints import write_manifest
 
 PROGRESS_FILE = "progress.json"
 BEST_WEIGHTS_FILE = "best_model.pt"
@@ -137,6 +140,8 @@ def write_training_state(
         write_progress(folder, progress)
         if best_weights is not None:
             torch.save(best_weights, folder / BEST_WEIGHTS_FILE)
+    assert progress.current is not None
+    write_manifest(folder, rank, writers=progress.current.world_size)
 
 
 class RestoredCheckpoint:

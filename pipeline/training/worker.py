@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from pipeline import storage
 from pipeline.batching import (
     BatchPosition,
     BatchStream,
@@ -36,6 +37,7 @@ from pipeline.batching import (
     token_budget_batches,
 )
 from pipeline.config import Variant
+from pipeline.training.checkpoints import resume_from, write_manifest
 from pipeline.training.engine import create_engine, quiet_deepspeed
 from pipeline.training.rank import Worker
 from pipeline.training.job import TrainJob
@@ -116,7 +118,8 @@ def train_worker(config: dict[str, Any]) -> None:
     job: TrainJob = config["job"]
     worker = _start_worker(job)
     data = _load_data(job, worker)
-    restored = RestoredCheckpoint(ray.train.get_checkpoint())
+    run_uri = storage.join(job.storage_uri, job.run_name)
+    restored = RestoredCheckpoint(resume_from(ray.train.get_checkpoint(), run_uri))
     progress = restored.progress
     ran_any = False
     for variant in job.variants:
@@ -145,6 +148,7 @@ def _report(worker: Worker, progress: Progress, metrics: dict[str, Any]) -> None
         checkpoint = None
         if worker.is_main:
             write_progress(Path(folder), progress)
+            write_manifest(Path(folder), 0, writers=1)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=checkpoint)
 
