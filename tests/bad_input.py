@@ -54,6 +54,41 @@ def heat_pipeline(*args: str, cwd: Path | str = ROOT, timeout: float = 600,
     return Outcome(done.returncode, done.stdout, done.stderr, time.monotonic() - start)
 
 
+def in_process(*args: str, cwd: Path | str = ROOT, env: dict[str, str] | None = None) -> Outcome:
+    """`heat-pipeline ARGS` through `pipeline.cli.main` in this process, its output captured:
+    for the many cases refused before any work (milliseconds instead of the seconds a fresh
+    interpreter spends importing torch). Each suite also runs its cases' kind in a real process
+    (`heat_pipeline`), where a traceback printed by any handler would show."""
+    import contextlib
+    import io
+    import logging
+
+    from pipeline.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    handlers = list(logging.getLogger().handlers)
+    start = time.monotonic()
+    try:
+        os.chdir(cwd)
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = main(list(args))
+            except SystemExit as exit_:  # argparse's own errors
+                code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for handler in logging.getLogger().handlers[:]:
+            if handler not in handlers:  # main() configures logging onto the captured stderr
+                logging.getLogger().removeHandler(handler)
+    return Outcome(code, stdout.getvalue(), stderr.getvalue(), time.monotonic() - start)
+
+
 def assert_rejected(outcome: Outcome, *named: str, within_s: float = 30.0) -> None:
     """Exit 2, one clear line naming every string of `named`, no traceback, in time."""
     shown = f"stdout:\n{outcome.stdout[-3000:]}\nstderr:\n{outcome.stderr[-3000:]}"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bad_input import assert_rejected, heat_pipeline
+from bad_input import assert_rejected, heat_pipeline, in_process
 
 TINY = ("--lengths", "16", "--repeats", "1", "--heads", "1", "--head-dim", "8")
 """Small enough that a bench which wrongly runs is quick; the bad argument comes after it."""
@@ -69,7 +69,7 @@ BAD = {
 
 @pytest.mark.parametrize("args, named", BAD.values(), ids=BAD.keys())
 def test_a_bad_argument_is_one_line_naming_it(args, named):
-    assert_rejected(heat_pipeline("bench", "attention", *TINY, *args), *named, within_s=15)
+    assert_rejected(in_process("bench", "attention", *TINY, *args), *named, within_s=15)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

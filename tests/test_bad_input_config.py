@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bad_input import assert_rejected, heat_pipeline, tiny_config
+from bad_input import assert_rejected, heat_pipeline, in_process, tiny_config
 
 LIMIT_S = 15
 
@@ -255,7 +255,7 @@ CASES: list[Case] = [
 @pytest.mark.parametrize("case", CASES, ids=[case.__name__ for case in CASES])
 def test_a_malformed_config_is_one_clear_error(tmp_path, case):
     args, named = case(tmp_path)
-    assert_rejected(heat_pipeline(*args, cwd=tmp_path), *named, within_s=LIMIT_S)
+    assert_rejected(in_process(*args, cwd=tmp_path), *named, within_s=LIMIT_S)
     assert not (tmp_path / "runs").exists(), "a rejected config must not start a run"
 
 

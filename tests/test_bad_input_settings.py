@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from bad_input import assert_rejected, environment, heat_pipeline, tiny_config, write_yaml
+from bad_input import (
+    assert_rejected,
+    environment,
+    heat_pipeline,
+    in_process,
+    tiny_config,
+    write_yaml,
+)
 
 LIMIT_S = 20
 
@@ -81,7 +88,7 @@ def test_an_impossible_setting_fails_before_any_work(tmp_path, case):
     config = tiny_config(tmp_path, **top)
     config = change(config) if change else config
     path = write_yaml(tmp_path / "impossible.yaml", config)
-    outcome = heat_pipeline("run", str(path), cwd=tmp_path, env=environment(**env))
+    outcome = in_process("run", str(path), cwd=tmp_path, env=environment(**env))
     assert_rejected(outcome, *named, within_s=LIMIT_S)
     assert not (tmp_path / "runs").exists(), "nothing may be written before the checks pass"
 
