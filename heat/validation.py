@@ -24,6 +24,11 @@ class ConfigError(ValueError):
         self.field = field
         self.message = message
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        """Picklable (the default would call the class with one argument): an error raised in a
+        Ray task or worker reaches the driver as itself."""
+        return type(self), (self.field, self.message)
+
     def renamed(self, field: str) -> ConfigError:
         """The same error (same class and message) about `field`."""
         return type(self)(field, self.message)

@@ -48,14 +48,25 @@ def exists(uri: str) -> bool:
 
 
 def list_files(uri: str) -> list[str]:
-    """The files under a directory URI (recursively, sorted), or `[uri]` for a file."""
+    """The files under a directory URI (recursively, sorted), or `[uri]` for a file.
+
+    A directory listing skips what is not data, as Spark, Hadoop and pyarrow datasets do:
+    hidden and `_`-prefixed files and folders (`.DS_Store`, `_SUCCESS`, `.part-0.crc`,
+    `_temporary/`), and empty files (a Spark job's empty partitions)."""
     fs, path = filesystem(uri)
     if fs.get_file_info(path).type == pafs.FileType.File:
         return [resolve(uri)]
     selector = pafs.FileSelector(path, recursive=True)
-    files = sorted(i.path for i in fs.get_file_info(selector) if i.type == pafs.FileType.File)
+    root = path.rstrip("/") + "/"
+    files = sorted(i.path for i in fs.get_file_info(selector)
+                   if i.type == pafs.FileType.File and i.size != 0
+                   and not _is_hidden(i.path.removeprefix(root)))
     prefix = resolve(uri)[: len(resolve(uri)) - len(path)] if "://" in uri else ""
     return [prefix + f for f in files]
+
+
+def _is_hidden(relative: str) -> bool:
+    return any(part.startswith((".", "_")) for part in relative.split("/"))
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -78,6 +89,34 @@ def read_head(uri: str, limit: int) -> tuple[bytes, bool]:
     with fs.open_input_stream(path, compression="detect") as stream:
         head = stream.read(limit + 1)
     return head[:limit], len(head) > limit
+
+
+def read_prefix(uri: str, limit: int) -> bytes:
+    """The first `limit` bytes of a file as stored (not decompressed)."""
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path, compression=None) as stream:
+        return stream.read(limit)
+
+
+def read_lines(uri: str, limit: int, max_limit: int) -> tuple[bytes, bool]:
+    """The first whole lines of a file, decompressed by its extension: about `limit` bytes of
+    them, more (up to `max_limit`) while no line has ended; and whether the file goes on. A
+    line cut by the limit is left out, so the result is empty only for an empty file or a first
+    line longer than `max_limit`."""
+    fs, path = filesystem(uri)
+    chunks: list[bytes] = []
+    size, ended = 0, False
+    with fs.open_input_stream(path, compression="detect") as stream:
+        while size < max_limit and not (ended and size >= limit):
+            chunk = stream.read(min(limit, max_limit - size))
+            if not chunk:
+                return b"".join(chunks), False
+            chunks.append(chunk)
+            size += len(chunk)
+            ended = ended or b"\n" in chunk
+        more = bool(stream.read(1))
+    head = b"".join(chunks)
+    return (head[: head.rfind(b"\n") + 1], True) if more else (head, False)
 
 
 def write_json(uri: str, value: Any) -> None:

@@ -2,8 +2,14 @@
 
 Each row ends with `drop_reason` null (kept) or the FIRST reason that applies, in this order:
 
-    malformed     the row did not fit the schema (set while loading)
-    undecodable   not valid UTF-8 (set while loading), or text with U+FFFD or control characters
+    malformed     the row did not fit the schema (set while loading, `pipeline.data.rows`): not
+                  JSON, a JSON array or scalar, a missing field, a value of the wrong type (a
+                  nested object for a text; a float, NaN, bool, string or null label), a label
+                  beyond int64, a TSV line with too many or too few fields, a Parquet value
+                  pyarrow cannot turn into Python: whatever a row holds, it is a drop
+    undecodable   not valid UTF-8, or a text that cannot be encoded as UTF-8 (a JSON-escaped lone
+                  surrogate, "\\ud800"; both set while loading), or text with U+FFFD or control
+                  characters (NUL included)
     bad_label     a label outside [0, num_labels), e.g. IMDb's unlabelled -1 rows
     empty         a text side is empty after normalisation
     too_short     a text side has fewer than min_chars characters

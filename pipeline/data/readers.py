@@ -13,13 +13,14 @@ import pyarrow as pa
 import ray
 
 from heat.validation import ConfigError
-from pipeline import storage
 from pipeline.config import DataConfig
 from pipeline.data import hub
 from pipeline.data.builtin import CORPORA
-from pipeline.data.files import lines_to_rows, records_to_rows
+from pipeline.data.damage import file_rows
+from pipeline.data.files import LocalFiles
+from pipeline.data.rows import table_to_rows
 from pipeline.data.schema import PROBE_ROWS, Schema, check_schema, work_schema
-from pipeline.data.sources import local_formats
+from pipeline.data.sources import local_sources
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,8 @@ def read_source(cfg: DataConfig) -> ray.data.Dataset:
     if cfg.source == "builtin":
         return read_builtin(cfg.builtin, cfg.builtin_size, cfg.seed, schema)
     if cfg.source == "local":
-        formats = local_formats(cfg)
-        parts = [read_files(path, formats[split], schema, split)
-                 for split, path in cfg.files.items()]
+        parts = [read_files(local, schema, split)
+                 for split, local in local_sources(cfg).items()]
     else:
         hub.check_reachable(cfg.hub_id, schema)
         parts = [read_hub_split(cfg.hub_id, cfg.hub_config, hub_split, cfg.hub_revision,
@@ -49,26 +49,18 @@ def read_builtin(name: str, size: int, seed: int, schema: Schema) -> ray.data.Da
     return ray.data.from_arrow(pa.Table.from_pylist(rows, schema=work_schema(schema)))
 
 
-def read_files(path: str, fmt: str, schema: Schema, split: str) -> ray.data.Dataset:
-    """The files at `path` as canonical rows (`work_schema`) tagged with `split`."""
-    if fmt == "parquet":
-        return ray.data.read_parquet(storage.resolve(path)).map_batches(
-            _records_to_rows, fn_kwargs={"schema": schema, "split": split},
-            batch_format="pyarrow",
-        )
-    return ray.data.read_binary_files(storage.resolve(path)).map_batches(
-        _lines_to_rows, fn_kwargs={"schema": schema, "split": split, "fmt": fmt},
-        batch_format="pyarrow", batch_size=1,  # one file per call: files can be large
+def read_files(local: LocalFiles, schema: Schema, split: str) -> ray.data.Dataset:
+    """The files of one split as canonical rows (`work_schema`) tagged with `split`.
+
+    One file per task (`damage.file_rows`, in a module that imports neither torch nor the
+    config, so that a fresh Ray worker starts fast): a damaged file is a `DataFileError`
+    naming it, raised in the task; a bad row is a counted drop, never an error."""
+    paths = ray.data.from_items([{"path": path} for path in local.files],
+                                override_num_blocks=len(local.files))
+    return paths.map_batches(
+        file_rows, fn_kwargs={"fmt": local.format, "schema": schema, "split": split},
+        batch_format="pyarrow", batch_size=1,
     )
-
-
-def _records_to_rows(batch: pa.Table, schema: Schema, split: str) -> pa.Table:
-    return records_to_rows(batch.to_pylist(), schema, split)
-
-
-def _lines_to_rows(batch: pa.Table, fmt: str, schema: Schema, split: str) -> pa.Table:
-    tables = [lines_to_rows(data, fmt, schema, split) for data in batch["bytes"].to_pylist()]
-    return pa.concat_tables(tables)
 
 
 def read_hub_split(
@@ -96,5 +88,5 @@ def read_hub_split(
     check_schema(schema, table.select(range(min(PROBE_ROWS, len(table)))).to_list(),
                  f"hub data set {where}", "data.hub_id")
     return ray.data.from_huggingface(table).map_batches(
-        lambda batch: records_to_rows(batch.to_pylist(), schema, split), batch_format="pyarrow"
+        table_to_rows, fn_kwargs={"schema": schema, "split": split}, batch_format="pyarrow"
     )

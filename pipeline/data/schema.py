@@ -10,6 +10,7 @@ instead of an exception: one bad line in a 36M-line corpus must cost one row, no
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ BOOKKEEPING_COLUMNS = pa.schema(
 
 PROBE_ROWS = 100
 """How many leading rows a source's schema check looks at."""
+_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")  # a TSV label: ASCII digits (not "1_0", not "٣")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,13 @@ class TranslationSchema:
     task = "translation"
     columns = TRANSLATION_COLUMNS
     text_columns = ("src", "tgt")
+    required_columns = ("src", "tgt")
+    """The canonical columns a row must have (not null)."""
+
+    @property
+    def source_fields(self) -> tuple[str, ...]:
+        """The top-level fields of a record (Parquet or hub columns) that rows are made of."""
+        return ("translation",)
 
     def from_record(self, record: Any) -> dict[str, Any] | None:
         pair = record.get("translation") if isinstance(record, dict) else None
@@ -78,6 +87,15 @@ class ClassificationSchema:
     def text_columns(self) -> tuple[str, ...]:
         return ("text", "text_pair") if self.pair_field else ("text",)
 
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        return (*self.text_columns, "label")
+
+    @property
+    def source_fields(self) -> tuple[str, ...]:
+        pair = (self.pair_field,) if self.pair_field else ()
+        return (self.text_field, *pair, self.label_field)
+
     def from_record(self, record: Any) -> dict[str, Any] | None:
         if not isinstance(record, dict):
             return None
@@ -92,9 +110,11 @@ class ClassificationSchema:
     def from_fields(self, fields: Sequence[str]) -> dict[str, Any] | None:
         if len(fields) != (3 if self.pair_field else 2):
             return None
+        if not _INTEGER.fullmatch(fields[-1]):  # a header line, or a label name
+            return None
         try:
             label = int(fields[-1])
-        except ValueError:  # a header line, or a label name instead of its index
+        except ValueError:  # more digits than Python converts
             return None
         pair = fields[1] if self.pair_field else None
         return {"text": fields[0], "text_pair": pair, "label": label}
