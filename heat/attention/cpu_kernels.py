@@ -104,6 +104,18 @@ def library() -> ctypes.CDLL:
     return lib
 
 
+def unavailable_reason() -> str | None:
+    """Why the kernels cannot run in this process now (None: they can). Unlike `library()`,
+    whose outcome is cached, it reads HEAT_CPU_KERNELS at every call."""
+    if os.environ.get("HEAT_CPU_KERNELS", "1") == "0":
+        return "disabled by HEAT_CPU_KERNELS=0"
+    try:
+        library()
+    except (KernelUnavailable, OSError) as error:
+        return str(error).splitlines()[0]
+    return None
+
+
 @functools.cache
 def available() -> bool:
     """Whether the fused kernels can run here; logs why not, once."""

@@ -99,13 +99,11 @@ class HeatSpec(AttentionSpec):
         if device_type == "cpu":
             from heat.attention import cpu_kernels
 
-            try:
-                cpu_kernels.library()
-            except (cpu_kernels.KernelUnavailable, OSError) as error:
-                reason = str(error).splitlines()[0]
+            reason = cpu_kernels.unavailable_reason()
+            if reason is not None:
                 raise self.error("implementation", f"fused needs the C++ CPU kernels, which are "
                                                    f"unavailable here ({reason}); use auto or "
-                                                   f"folded") from None
+                                                   f"folded")
 
     def exact_counterpart(self) -> HadamardSpec:
         return HadamardSpec(bound=self.bound)
