@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 
@@ -75,8 +75,9 @@ class StageReport:
 
 
 @dataclass
-class PipelineResult:
-    """What one invocation did: per task and variant the scores, and every stage's outcome."""
+class RunResult:
+    """What every invocation (a pipeline run, a search) reports: where its runs are tracked and
+    stored, every stage's outcome, its wall time."""
 
     name: str
     run_name: str
@@ -84,12 +85,25 @@ class PipelineResult:
     experiment: str
     parent_run_id: str
     storage_root: str
+    stages: list[StageReport] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @classmethod
+    def started(cls, config: RunnableConfig, run_name: str, tracker: PipelineTracker,
+                **fields: Any) -> Self:
+        """The result of a run of `config` just opened in `tracker`, with `fields` set."""
+        return cls(config.name, run_name, config.tracking.uri, config.tracking.experiment,
+                   tracker.parent_run_id, config.storage.root, **fields)
+
+
+@dataclass
+class PipelineResult(RunResult):
+    """What one invocation did: per task and variant the scores, and every stage's outcome."""
+
     tasks: dict[str, str] = field(default_factory=dict)
     """Task name -> kind (translation / classification)."""
     results: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     """Task -> variant -> its train and evaluate results (scores, tokens/s, wall time, ...)."""
-    stages: list[StageReport] = field(default_factory=list)
-    wall_s: float = 0.0
     evaluations: dict[str, str] = field(default_factory=dict)
     """Task -> the label of a re-scoring (`rescore_run`) whose scores the table shows."""
 
@@ -145,9 +159,7 @@ def _execute(config: PipelineConfig, run_name: str, tracker: PipelineTracker, *,
              finished_before: str | None = None) -> PipelineResult:
     """Every task through the stages, then the summary (stored, tracked, returned)."""
     start = time.perf_counter()
-    result = PipelineResult(config.name, run_name, config.tracking.uri,
-                            config.tracking.experiment, tracker.parent_run_id,
-                            config.storage.root,
+    result = PipelineResult.started(config, run_name, tracker,
                             evaluations={t: label for t, label in (labels or {}).items() if label})
     # ray.init installs its own SIGTERM handler (exit at once): take the signal back.
     with ray_session(config.ray) as cpus, sigterm_as_interrupt():

@@ -19,9 +19,9 @@ from pathlib import Path
 import mlflow
 import pytest
 import ray
-import yaml
 
 import pipeline.run  # noqa: F401  (see below)
+from bad_input import tiny_config, write_yaml
 from pipeline.cli import main
 
 # Ray (re)configures its log handlers as its modules are imported, binding them to the sys.stderr
@@ -61,27 +61,11 @@ def write_corpus(path: Path, rows: int = 60, length: int = 3) -> Path:
 
 
 def write_config(tmp_path: Path, corpus: Path | None = None) -> Path:
-    """A one-task local-file config, cheap enough to run for real."""
+    """A one-task local-file config (`bad_input.tiny_config` with a heat variant too), cheap
+    enough to run for real."""
     corpus = corpus or write_corpus(tmp_path / "train.jsonl")
-    config = {
-        "name": "tiny",
-        "storage": {"root": str(tmp_path / "runs")},
-        "ray": {"address": "local", "num_cpus": 2},
-        "variants": {"softmax": {"name": "softmax"}, "heat": {"name": "heat", "rank": 4}},
-        "tasks": {"translation": {
-            "data": {"task": "translation", "source": "local", "files": {"train": str(corpus)},
-                     "validation_fraction": 0.2, "test_fraction": 0.2},
-            "tokenizer": {"vocab_size": 48},
-            "model": {"d_model": 16, "num_heads": 2, "num_encoder_layers": 1,
-                      "num_decoder_layers": 1, "ffn_dim": 32, "max_length": 16},
-            "train": {"num_workers": 1, "max_steps": 4, "warmup_steps": 1, "val_every": 2,
-                      "tokens_per_batch": 64, "precision": "fp32", "log_every": 1},
-            "eval": {"beam_size": 1},
-        }},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    config = tiny_config(tmp_path, corpus, variants={"heat": {"name": "heat", "rank": 4}})
+    return write_yaml(tmp_path / "tiny.yaml", config)
 
 
 def config_error(capsys, *argv: str) -> str:

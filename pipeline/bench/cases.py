@@ -147,13 +147,11 @@ MAX_TAYLOR_FEATURES = 4_000_000
 
 
 def check_cases(cases: list[Case], args: argparse.Namespace) -> None:
-    """Before building any kernel: each spec runs on `--device` (`check_runs_on`, where the
-    spec has it), and no kernel alone would take unreasonable time or memory to build."""
+    """Before building any kernel: each spec runs on `--device` (`check_runs_on`), and no
+    kernel alone would take unreasonable time or memory to build."""
     for case in cases:
-        runs_on = getattr(case.spec, "check_runs_on", None)
         try:
-            if runs_on is not None:
-                runs_on(args.device, args.causal)
+            case.spec.check_runs_on(args.device, args.causal)
         except ConfigError as error:
             raise spec_error(case.variant, error) from None
         _check_buildable(case, args.head_dim, args.memory_budget_gb)

@@ -31,7 +31,12 @@ import yaml
 
 from pipeline import storage
 from pipeline.config.tune import TuneConfig
-from pipeline.run import StageReport, open_tracker, ray_session, run_shared_stages
+from pipeline.run import (
+    RunResult,
+    open_tracker,
+    ray_session,
+    run_shared_stages,
+)
 from pipeline.runfolder import (
     record_run,
     resolve_run_name,
@@ -61,20 +66,14 @@ class TrialOutcome:
 
 
 @dataclass
-class SearchResult:
-    name: str
-    run_name: str
-    tracking_uri: str
-    experiment: str
-    parent_run_id: str
-    storage_root: str
+class SearchResult(RunResult):
+    """What a search did: each search's trials, its best one."""
+
     searches: dict[str, list[TrialOutcome]] = field(default_factory=dict)
     best: dict[str, str] = field(default_factory=dict)
     """Search -> its best trial id (lowest best validation loss among finished trials)."""
     kinds: dict[str, str] = field(default_factory=dict)
     """Search -> its task's kind."""
-    stages: list[StageReport] = field(default_factory=list)
-    wall_s: float = 0.0
 
 
 def run_searches(config: TuneConfig, *, run_name: str | None = None,
@@ -95,9 +94,7 @@ def run_searches(config: TuneConfig, *, run_name: str | None = None,
             "tasks": ", ".join(t.name for t in config.tasks_searched()), "run_name": run_name}))
         tracker.log_text(tracker.parent_run_id, yaml.safe_dump(resolved, sort_keys=False),
                          "config.yaml")
-        result = SearchResult(config.name, run_name, config.tracking.uri,
-                              config.tracking.experiment, tracker.parent_run_id,
-                              config.storage.root)
+        result = SearchResult.started(config, run_name, tracker)
         with ray_session(config.pipeline.ray) as cpus, sigterm_as_interrupt():
             contexts = {}
             for task in config.tasks_searched():
