@@ -7,7 +7,6 @@ DeepSpeed and MLflow (seconds), and `--help` must work even where they are broke
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable
 
@@ -57,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_search_commands(commands)
     _add_bench_command(commands)
+    check = commands.add_parser(
+        "check", help="validate a config and its data sources and print the plan, starting "
+        "nothing (no Ray, no run folder, no MLflow run)",
+    )
+    from pipeline.check import add_arguments as add_check_arguments  # argparse only
+
+    add_check_arguments(check)
     return parser
 
 
@@ -99,10 +105,19 @@ def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         "--run-name", help="name of this run (default: <config name>-<date>-<time>); with "
         "--resume, the run to continue (default: the latest run of this config)",
     )
+    _add_verbose(parser)
     parser.add_argument(
         "--resume", action="store_true",
         help="continue a killed run: finished stages and variants are skipped, training resumes "
         "from its last checkpoint, MLflow runs are reused",
+    )
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="show Ray's, Ray Train's, DeepSpeed's and MLflow's own output too (always kept "
+        "in the run folder's pipeline.log)",
     )
 
 
@@ -130,6 +145,7 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=_positive_int)
     parser.add_argument("--beam-size", type=_positive_int, help="translation tasks")
     parser.add_argument("--length-penalty", type=float, help="translation tasks")
+    _add_verbose(parser)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -172,17 +188,14 @@ def report_errors(body: Callable[[], int], interrupted: str = "continue with --r
 
 
 def run_pipeline_command(args: argparse.Namespace) -> int:
-    """Validate the config (exit 2 on any config error, no traceback), print it, run it."""
+    """Validate the config (exit 2 on any config error, no traceback), run it (the resolved
+    config goes to the run folder, and its path is printed)."""
 
     def body() -> int:
-        import yaml
-
         from pipeline.config import load_config, packaged_config
 
         path = packaged_config("smoke") if args.command == "smoke" else args.config
         config = load_config(path, args.overrides)
-        print(f"# resolved config ({path})\n" + yaml.safe_dump(config.to_dict(), sort_keys=False),
-              flush=True)
         from pipeline.run import run_pipeline
         from pipeline.summary import format_summary
 
@@ -259,8 +272,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_arguments(argv)
+    from pipeline.console import configure
+
+    configure(verbose=getattr(args, "verbose", False))
     if args.command == "demo-attention":
         return run_demo(args)
     if args.command in ("run", "smoke"):
@@ -277,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.bench import main as run_bench
 
         return run_bench(args)
+    if args.command == "check":
+        from pipeline.check import run as run_check
+
+        return report_errors(lambda: run_check(args), interrupted="")
     raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown ones
 
 

@@ -35,7 +35,7 @@ from typing import Any, Self
 import yaml
 
 from heat.validation import ConfigError
-from pipeline import stagecache, storage
+from pipeline import console, stagecache, storage
 from pipeline.config import (
     TASK_SECTIONS,
     PipelineConfig,
@@ -118,10 +118,14 @@ def run_pipeline(config: PipelineConfig, *, run_name: str | None = None,
     probe_services(config)
     run_name = resolve_run_name(config, run_name, resume)
     record_run(config, run_name)
-    tracker = open_tracker(config, run_name, resume=resume)
-    with traceback_kept(config, run_name), sigterm_as_interrupt(), tracker.failed_on_error():
-        _log_parent(tracker, config, run_name)
-        return _execute(config, run_name, tracker, summary_file="summary.txt")
+    with console.log_file(run_path(config, run_name)) as log:
+        logger.info("run %s: resolved config %s, log %s", run_name,
+                    run_path(config, run_name, "config.yaml"), log)
+        tracker = open_tracker(config, run_name, resume=resume)
+        with traceback_kept(config, run_name), sigterm_as_interrupt(), \
+                tracker.failed_on_error():
+            _log_parent(tracker, config, run_name)
+            return _execute(config, run_name, tracker, summary_file="summary.txt")
 
 
 def rescore_run(config: PipelineConfig, run_name: str, recorded: PipelineConfig
@@ -139,14 +143,17 @@ def rescore_run(config: PipelineConfig, run_name: str, recorded: PipelineConfig
     labels = {name: evaluation_label(recorded.tasks[name].eval, task.eval)
               for name, task in config.tasks.items()}
     probe_services(config)
-    tracker = open_tracker(config, run_name, resume=True)
-    with traceback_kept(config, run_name), sigterm_as_interrupt(), tracker.failed_on_error():
-        suffix = "-".join(sorted({label for label in labels.values() if label})) or "rerun"
-        return _execute(config, run_name, tracker, summary_file=f"summary-{suffix}.txt",
-                        labels=labels, finished_before="evaluate")
+    suffix = "-".join(sorted({label for label in labels.values() if label})) or "rerun"
+    with console.log_file(run_path(config, run_name)), \
+            traceback_kept(config, run_name), sigterm_as_interrupt():
+        tracker = open_tracker(config, run_name, resume=True)
+        with tracker.failed_on_error():
+            return _execute(config, run_name, tracker, summary_file=f"summary-{suffix}.txt",
+                            labels=labels, finished_before="evaluate")
 
 
 def open_tracker(config: RunnableConfig, run_name: str, *, resume: bool) -> PipelineTracker:
+    console.refresh()  # MLflow's handler (its store migrations' INFO lines)
     return PipelineTracker.open(
         tracking_uri=config.tracking.uri, experiment=config.tracking.experiment,
         artifact_location=config.tracking.artifact_location, run_name=run_name,
@@ -172,6 +179,8 @@ def _execute(config: PipelineConfig, run_name: str, tracker: PipelineTracker, *,
     summary = format_summary(result)
     storage.write_bytes(run_path(config, run_name, summary_file), summary.encode())
     tracker.log_text(tracker.parent_run_id, summary, summary_file)
+    tracker.log_summary(result.results, {task.name: (labels or {}).get(task.name) or
+                                         task.eval.split for task in config.tasks.values()})
     tracker.finish(tracker.parent_run_id)
     return result
 
@@ -194,6 +203,7 @@ def ray_session(config: RayConfig) -> Iterator[int]:
     import ray
     import ray.data
 
+    console.refresh()  # Ray's own handlers, installed at import: quiet before ray.init talks
     owned = not ray.is_initialized()
     if owned and config.address == "local":
         # address="local": a private instance even when a cluster runs on this machine. With
@@ -202,17 +212,21 @@ def ray_session(config: RayConfig) -> Iterator[int]:
         # run that ended ungracefully (a Tune trial stopped by ASHA) is never removed: its CPUs
         # stay reserved and every later trial waits for them forever.
         ray.init(address="local", num_cpus=config.local_cpus(), include_dashboard=True,
-                 dashboard_host="127.0.0.1")
+                 dashboard_host="127.0.0.1", **console.ray_init_options())
     elif owned:
-        ray.init(address=config.address)
+        ray.init(address=config.address, **console.ray_init_options())
     # One overall Ray Data bar per dataset; the per-operator bars of datasets read by several
     # processes interleave into unreadable terminal output.
     data = ray.data.DataContext.get_current()
     data.enable_operator_progress_bars = False
+    # Stage lines say what runs; Ray Data's own progress only with -v (every dataset's
+    # "Total Progress" lines otherwise outnumber the pipeline's).
+    data.enable_progress_bars = console.verbose()
     # A UDF's own exception (a ConfigError about a damaged file) reaches the driver as itself,
     # under RayTaskError's `.cause`, not as a UserCodeException holding only its text.
     data.raise_original_map_exception = True
     console_without_tracebacks("ray", "ray.data")
+    console.refresh()
     try:
         yield max(1, int(ray.cluster_resources().get("CPU", 1)))
     finally:
@@ -255,15 +269,24 @@ def stage_folder(context: StageContext, stage: Stage, inputs: dict[str, Any]) ->
     return storage.join(root, stage.name, stagecache.content_key(inputs))
 
 
+def stage_inputs(context: StageContext, stage: Stage) -> dict[str, Any]:
+    """Everything the output of `stage` for `context` is keyed by: its declared inputs, its
+    code's fingerprint and, for a stage of the run, the run name. Writes nothing (it reads the
+    stage's source files and the input files' sizes and dates): `heat-pipeline check` computes
+    the keys with it without running a stage."""
+    inputs = {**stage.inputs(context), "code": code_version(stage)}
+    if stage.per_run:
+        inputs["run_name"] = context.run_name
+    return inputs
+
+
 def _stage(context: StageContext, stage: Stage, reports: list[StageReport],
            must_be_finished: bool) -> stagecache.StageOutcome:
     """Run one cached stage with start / finish / skip log lines; a ConfigError it raises about
     one of the task's sections (an empty corpus, a vocabulary too large for it) is reported
     under the task's key."""
     task = context.task
-    inputs = {**stage.inputs(context), "code": code_version(stage)}
-    if stage.per_run:
-        inputs["run_name"] = context.run_name
+    inputs = stage_inputs(context, stage)
     out = stage_folder(context, stage, inputs)
     label = f"{task.name}: {stage.name}"
     if not stagecache.finished(out):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlflow
-from mlflow.entities import Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 from pipeline.errors import one_line
 
@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 PARAMS_PER_BATCH = 100  # MLflow's limit on params in one log_batch call
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length
+METRICS_PER_BATCH = 1000  # MLflow's limit on metrics in one log_batch call
+SCORES = ("bleu", "chrf", "accuracy", "f1")
+SUMMARY_FIGURES = (*SCORES, "best_val_loss", "tokens_per_s", "peak_mem_mb", "train_wall_s",
+                   "steps")
 
 TAG_RUN_NAME = "heat.run_name"
 TAG_CONFIG = "heat.config"
@@ -143,25 +147,35 @@ class PipelineTracker:
 
         Reopening matters for `--resume` and for re-scoring: the metrics a killed attempt
         logged stay in the same run, and the continued training appends to them."""
-        query = f"tags.`{TAG_PARENT}` = '{self.parent_run_id}' and tags.`{TAG_TASK}` = '{task}'"
-        found = {
-            run.data.tags.get(TAG_VARIANT): run
-            for run in self.client.search_runs([self.experiment_id], query)
-            if run.data.tags.get(TAG_TRIAL) == trial
-        }
-        children = {}
-        for variant in variants:
-            run = found.get(variant)
-            if run is None:
-                run_tags = {**(tags or {}), TAG_PARENT: self.parent_run_id,
-                            TAG_RUN_NAME: self.run_name, TAG_TASK: task, TAG_VARIANT: variant,
-                            **({TAG_TRIAL: trial} if trial is not None else {})}
-                name = f"{task}/{variant}" + (f"/{trial}" if trial is not None else "")
-                run = self.client.create_run(self.experiment_id, tags=run_tags, run_name=name)
-            elif run.info.status != "RUNNING":
-                self.client.update_run(run.info.run_id, status="RUNNING")
-            children[variant] = ChildRun(task, variant, run.info.run_id, trial)
-        return children
+        return {variant: ChildRun(task, variant, open_child_run(
+                    self.client, self.experiment_id, self.parent_run_id, self.run_name, task,
+                    variant, trial=trial, tags=tags), trial)
+                for variant in variants}
+
+    def log_summary(self, results: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                    prefixes: Mapping[str, str]) -> None:
+        """The invocation's results on the parent run: one metric per (task, variant, figure),
+        `translation/heat/test/bleu` (scores under `prefixes[task]`, the split or a
+        re-scoring's label) or `translation/heat/tokens_per_s`, and the same as a table
+        artifact (`summary.json`, which MLflow's artifact view shows as a table)."""
+        now = int(time.time() * 1000)
+        metrics, rows = [], []
+        for task, variants in results.items():
+            for variant, values in variants.items():
+                figures = {key: float(values[key]) for key in SUMMARY_FIGURES
+                           if isinstance(values.get(key), int | float)
+                           and not isinstance(values.get(key), bool)}
+                rows.append({"task": task, "variant": variant, **figures})
+                for key, value in figures.items():
+                    name = f"{prefixes[task]}/{key}" if key in SCORES else key
+                    metrics.append(Metric(f"{task}/{variant}/{name}", value, now, 0))
+        for start in range(0, len(metrics), METRICS_PER_BATCH):
+            self.client.log_batch(self.parent_run_id,
+                                  metrics=metrics[start:start + METRICS_PER_BATCH])
+        if rows:
+            columns = list(dict.fromkeys(key for row in rows for key in row))
+            table = {column: [row.get(column) for row in rows] for column in columns}
+            self.client.log_table(self.parent_run_id, table, "summary.json")
 
     def finish(self, run_id: str) -> None:
         self.client.set_terminated(run_id, "FINISHED")
@@ -190,6 +204,25 @@ class PipelineTracker:
             logger.error("pipeline failed (%s); marking MLflow runs FAILED", reason)
             self.fail(reason, "".join(traceback.format_exception(error)))
             raise
+
+
+def open_child_run(client: mlflow.MlflowClient, experiment_id: str, parent_run_id: str,
+                   run_name: str, task: str, variant: str, *, trial: str | None = None,
+                   tags: Mapping[str, str] | None = None) -> str:
+    """The id of the RUNNING child run of (task, variant, trial) under the parent: the existing
+    one reopened, else a new one (started now: its Duration in the UI is its own)."""
+    query = f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_TASK}` = '{task}' and " \
+            f"tags.`{TAG_VARIANT}` = '{variant}'"
+    for run in client.search_runs([experiment_id], query):
+        if run.data.tags.get(TAG_TRIAL) == trial:
+            if run.info.status != "RUNNING":
+                client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id
+    run_tags = {**(tags or {}), TAG_PARENT: parent_run_id, TAG_RUN_NAME: run_name,
+                TAG_TASK: task, TAG_VARIANT: variant,
+                **({TAG_TRIAL: trial} if trial is not None else {})}
+    name = f"{task}/{variant}" + (f"/{trial}" if trial is not None else "")
+    return client.create_run(experiment_id, tags=run_tags, run_name=name).info.run_id
 
 
 def failure_reason(error: BaseException) -> str:

@@ -42,3 +42,12 @@ def finished_run(tmp_path_factory):
     from bad_input import finish_a_run
 
     return finish_a_run(tmp_path_factory.mktemp("finished"))
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory):
+    """One full `heat-pipeline smoke` run, shared by every suite that inspects its outputs, its
+    console and its MLflow store (`tests/smoke_run.py`)."""
+    from smoke_run import run_smoke
+
+    return run_smoke(tmp_path_factory.mktemp("smoke"))

@@ -213,4 +213,4 @@ def test_a_tiny_translation_model_trains_and_evaluates_with_it(tmp_path):
     assert 0 <= result["bleu"] <= 100 and result["bleu_signature"].startswith("nrefs:1|")
     assert len(Path(result["hypotheses_uri"]).read_text().splitlines()) == 100
     run = MlflowClient(job.tracking_uri).get_run(run_ids["softmax"])
-    assert run.data.metrics["bleu"] == pytest.approx(result["bleu"])
+    assert run.data.metrics["test/bleu"] == pytest.approx(result["bleu"])

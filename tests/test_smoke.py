@@ -15,7 +15,6 @@ the measured runs (below).
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -29,6 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from smoke_run import heat_pipeline
 
 from heat.models import AttentionSites, Seq2SeqConfig, Seq2SeqTransformer
 from pipeline.batching import load_rank_rows
@@ -45,26 +45,6 @@ MIN_BLEU = 30.0
 MIN_CHRF = 60.0
 MIN_ACCURACY = 0.75
 MIN_F1 = 0.75  # one class predicted throughout: about 0.35
-
-
-def heat_pipeline(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    """The installed console script (as the README runs it), else `python -m pipeline`."""
-    script = Path(sys.executable).parent / "heat-pipeline"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "pipeline"]
-    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    environment.update(env or {})
-    return subprocess.run([*command, *args], cwd=cwd, env=environment, capture_output=True,
-                          text=True, timeout=1500)
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """One full smoke run in an empty directory (its storage defaults to ./runs there)."""
-    cwd = tmp_path_factory.mktemp("smoke")
-    result = heat_pipeline("smoke", cwd=cwd)
-    assert result.returncode == 0, result.stderr[-5000:]
-    run_name = re.search(r"^run (\S+) of config smoke", result.stdout, re.MULTILINE).group(1)
-    return cwd, result, run_name
 
 
 @pytest.fixture(scope="module")
@@ -113,13 +93,13 @@ def test_every_variant_of_both_tasks_finishes_well_above_untrained(smoke, untrai
         assert run.info.status == "FINISHED", name
         metrics = run.data.metrics
         if name.startswith("translation/"):
-            assert metrics["bleu"] >= max(MIN_BLEU, untrained["bleu"] + 25), (name, metrics)
-            assert metrics["chrf"] >= max(MIN_CHRF, untrained["chrf"] + 40), (name, metrics)
-            assert run.data.tags["bleu_signature"].startswith("nrefs:1|case:mixed")
+            assert metrics["test/bleu"] >= max(MIN_BLEU, untrained["bleu"] + 25), (name, metrics)
+            assert metrics["test/chrf"] >= max(MIN_CHRF, untrained["chrf"] + 40), (name, metrics)
+            assert run.data.tags["test/bleu_signature"].startswith("nrefs:1|case:mixed")
         else:
-            assert metrics["accuracy"] >= max(MIN_ACCURACY, untrained["majority"] + 0.2), (
+            assert metrics["test/accuracy"] >= max(MIN_ACCURACY, untrained["majority"] + 0.2), (
                 name, metrics)
-            assert metrics["f1"] >= MIN_F1, (name, metrics)
+            assert metrics["test/f1"] >= MIN_F1, (name, metrics)
         assert metrics["tokens_per_s"] > 0
         assert run.data.params["variant"] == name.split("/")[1]
 
@@ -250,7 +230,7 @@ def test_evaluate_rescores_a_finished_run_into_its_child_runs(smoke):
         run = runs[f"translation/{variant}"]
         assert run.info.status == "FINISHED"
         metrics = run.data.metrics
-        assert metrics["bleu"] == before[f"translation/{variant}"].data.metrics["bleu"]
+        assert metrics["test/bleu"] == before[f"translation/{variant}"].data.metrics["test/bleu"]
         assert metrics["test_beam1/bleu"] >= MIN_BLEU, (variant, metrics)
         assert metrics["test_beam1/chrf"] >= MIN_CHRF, (variant, metrics)
         assert run.data.tags["test_beam1/bleu_signature"].startswith("nrefs:1|")

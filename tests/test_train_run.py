@@ -34,7 +34,7 @@ from toy_tasks import (
 pytestmark = pytest.mark.slow
 
 TRANSLATION_ROWS = {"train": 1500, "validation": 100, "test": 100}
-STEP_METRICS = ("train/loss", "lr", "tokens_per_s", "val/loss", "peak_mem_mb")
+STEP_METRICS = ("train/loss", "lr", "train/tokens_per_s", "val/loss", "peak_mem_mb")
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_translation_variants_learn_and_are_tracked(ray_cluster, tmp_path: Path)
         assert len(hypotheses) == TRANSLATION_ROWS["test"]
 
         run = client.get_run(run_ids[name])
-        assert run.data.metrics["bleu"] == pytest.approx(result["bleu"])
+        assert run.data.metrics["test/bleu"] == pytest.approx(result["bleu"])
         for key in STEP_METRICS:
             assert metric_steps(client, run.info.run_id, key)[-1] == 200, key
         assert metric_steps(client, run.info.run_id, "val/loss") == [50, 100, 150, 200]
@@ -120,7 +120,7 @@ def test_classification_on_two_workers_with_zero2_and_bf16(ray_cluster, tmp_path
     client = MlflowClient(job.tracking_uri)
     run = client.get_run(run_ids["taylor"])
     assert run.data.tags["world_size"] == "2"
-    assert run.data.metrics["accuracy"] == pytest.approx(result["accuracy"])
+    assert run.data.metrics["test/accuracy"] == pytest.approx(result["accuracy"])
     assert metric_steps(client, run_ids["taylor"], "train/loss") == [20, 40, 60, 80, 100, 120]
 
 

@@ -134,7 +134,7 @@ def test_resume_neither_reruns_nor_duplicates_finished_trials(search):
             assert after[run_id].info.end_time == before.info.end_time  # not run again
     for run in after.values():
         if run.info.status == "FINISHED":
-            history = client.get_metric_history(run.info.run_id, "bleu")
+            history = client.get_metric_history(run.info.run_id, "test/bleu")
             assert len(history) == 1, run.info.run_name
     assert "translation: prepare: skipped, finished earlier" in search["resumed"].stderr
     assert parent_run(client).info.status == "FINISHED"
@@ -154,7 +154,7 @@ def test_every_trial_is_a_child_run_with_its_parameters_and_scores(search):
     assert sorted(r.data.params["attention.cross.order"] for r in taylor) == ["1", "2"]
     for run in runs:
         if run.info.status == "FINISHED":
-            assert 0 <= run.data.metrics["bleu"] <= 100
+            assert 0 <= run.data.metrics["test/bleu"] <= 100
             assert run.data.metrics["best_val_loss"] < 3.0  # untrained: about ln(320) = 5.8
             artifacts = {a.path for a in search["client"].list_artifacts(run.info.run_id)}
             assert {"hypotheses.txt", "references.txt"} <= artifacts

@@ -73,6 +73,20 @@ class Variant:
                                                        f"(AttentionSites or a spec), got "
                                                        f"{self.attention!r}")
 
+    def attention_ran(self) -> dict[str, str]:
+        """Per site, the attention the model runs (`heat.sites.resolve_sites`) as
+        `nystrom landmarks=8 ...`, marked `(fallback from nystrom)` where the model replaced
+        the variant written for that site: what MLflow's params and `check` show."""
+        if isinstance(self.attention, AttentionSpec):
+            return {"encoder_self": _describe(self.attention)}
+        resolved = resolve_sites(self.attention, quiet=True)
+        ran = {}
+        for site in SITES:
+            asked, used = getattr(self.attention, site), getattr(resolved, site)
+            fallback = f" (fallback from {asked.name})" if used != asked else ""
+            ran[site] = _describe(used) + fallback
+        return ran
+
     @classmethod
     def parse(cls, name: str, attention: Mapping[str, Any], kind: str) -> Variant:
         """From plain values, as a script or a Tune trial writes them: site -> spec
@@ -201,3 +215,10 @@ def fit_error(variant: str, error: ConfigError) -> ConfigError:
         return error
     rest = error.field.removeprefix("attention_spec").removeprefix("attention")
     return ConfigError(f"variants.{variant}{rest}", error.message)
+
+
+def _describe(spec: AttentionSpec) -> str:
+    """`heat rank=8 basis=svd ...`: a spec's name and every parameter."""
+    values = spec_to_dict(spec)
+    name = values.pop("name")
+    return " ".join([name, *(f"{key}={value}" for key, value in values.items())])

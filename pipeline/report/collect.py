@@ -177,8 +177,7 @@ def _record(client: mlflow.MlflowClient, run: mlflow.entities.Run, experiment: s
     kind = tags[TAG_KIND]
     if kind not in PRIMARY:
         return f"unknown task kind {kind!r}"
-    metrics = {k: float(v) for k, v in run.data.metrics.items()
-               if k in METRICS and not math.isnan(float(v))}
+    metrics = run_metrics(run.data.metrics)
     missing_metric = next((m for m in (PRIMARY[kind], VALIDATION_METRIC) if m not in metrics), None)
     if missing_metric:
         return f"missing metric {missing_metric}"
@@ -197,6 +196,18 @@ def _record(client: mlflow.MlflowClient, run: mlflow.entities.Run, experiment: s
         config=configuration(params), params=dict(sorted(kept.items())), metrics=metrics,
         hypotheses=texts[0], references=texts[1], start_time=info.start_time or 0,
     )
+
+
+def run_metrics(logged: Mapping[str, float]) -> dict[str, float]:
+    """The report's figures of a run by their plain names (`bleu`, `tokens_per_s`, ...): a
+    score from the run's own test evaluation (`test/bleu`), or its name before scores were
+    logged under the split (`bleu`); NaN left out. Re-scorings (`test_beam5/bleu`) are not it."""
+    metrics = {}
+    for key in METRICS:
+        value = logged.get(f"test/{key}", logged.get(key))
+        if value is not None and not math.isnan(float(value)):
+            metrics[key] = float(value)
+    return metrics
 
 
 def configuration(params: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

@@ -89,7 +89,8 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
                                                  f"{trial_label(setup, params)}")
     tracker.log_params(child.run_id, flatten({
         **task.sections(), "train": dataclasses.asdict(train), "task": task.name,
-        "variant": variant.name, "attention": variant.attention_dict(), **setup.stats,
+        "variant": variant.name, "attention": variant.attention_dict(),
+        "attention_ran": variant.attention_ran(), **setup.stats,
         "search": {"name": setup.search_name, **params},
     }))
     job = TrainJob(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +40,11 @@ from pipeline.tracking import task_tags
 from pipeline.training.outputs import (
     HYPOTHESES_FILE,
     REFERENCES_FILE,
+    TABLE_FILE,
     copy_to_storage,
     load_model,
     write_hypotheses,
+    write_table,
 )
 from pipeline.training.run_log import VariantLog
 
@@ -161,13 +163,16 @@ def classification_scores(
 
 
 def evaluate(job: TrainJob, trained: dict[str, dict[str, Any]], *, out_uri: str | None = None,
-             label: str = "") -> dict[str, dict[str, Any]]:
+             label: str = "", on_scored: Callable[[str], None] | None = None,
+             ) -> dict[str, dict[str, Any]]:
     """Score every variant's best weights (`job.checkpoint_uri`) on `job.eval.split`.
 
     `trained` is the train stage's result per variant (its step count is the step the scores are
     logged at). Hypotheses go to `<out_uri>/<variant>/` (default: beside the weights). `label`
-    '' logs the scores under their plain names (bleu, chrf, accuracy, f1), another label under
-    `<label>/<name>`, so a re-scoring adds to the child run instead of overwriting it."""
+    '' logs the scores as `<split>/bleu` (chrf, accuracy, f1: `test/bleu`), another label under
+    `<label>/<name>`, so a re-scoring adds to the child run instead of overwriting it.
+    `on_scored(variant)` runs as soon as a variant's scores are tracked (the pipeline ends its
+    child run there)."""
     import ray
 
     if not ray.is_initialized():
@@ -188,6 +193,8 @@ def evaluate(job: TrainJob, trained: dict[str, dict[str, Any]], *, out_uri: str 
         results[variant.name] = _score_and_track(job, variant, rows, folder, label,
                                                  step=trained[variant.name]["steps"])
         logger.info("variant %s: %s", variant.name, _scores_text(results[variant.name]))
+        if on_scored is not None:
+            on_scored(variant.name)
     return results
 
 
@@ -199,9 +206,12 @@ def decode_share(job: TrainJob, variant: Variant, share: int, shares: int) -> li
     examples = evaluation_rows(job, share, shares)
     if job.task == "translation":
         outputs = translate(model, examples, job.eval, device)
-        return list(zip(examples.index.tolist(), outputs, examples.refs or []))
+        sources = [examples.src[i].tolist() for i in range(len(examples))]
+        return list(zip(examples.index.tolist(), outputs, examples.refs or [], sources))
     predictions = classify(model, examples, job.eval, device)
-    return list(zip(examples.index.tolist(), predictions.tolist(), examples.labels.tolist()))
+    sources = [examples.input_ids[i].tolist() for i in range(len(examples))]
+    return list(zip(examples.index.tolist(), predictions.tolist(), examples.labels.tolist(),
+                    sources))
 
 
 def evaluation_rows(job: TrainJob, share: int, shares: int) -> Examples:
@@ -217,21 +227,24 @@ def evaluation_rows(job: TrainJob, share: int, shares: int) -> Examples:
 
 def _score_and_track(job: TrainJob, variant: Variant, rows: list[tuple], folder: str,
                      label: str, step: int) -> dict[str, Any]:
-    """Scores of the gathered rows; hypotheses to storage; both into the MLflow child run."""
-    _, outputs, truths = zip(*rows)
+    """Scores of the gathered rows; hypotheses to storage; both into the MLflow child run,
+    the scores as `<split>/bleu` ... (`<label>/bleu` for a re-scoring)."""
+    _, outputs, truths, sources = zip(*rows)
     if job.task == "translation":
         texts = detokenize(job.tokenizer_model, outputs)
         scores = translation_scores(texts, truths)
     else:
         texts = [str(label) for label in outputs]
         scores = classification_scores(np.array(outputs), np.array(truths), job.num_labels or 0)
-    log = VariantLog(job.tracking_uri, job.mlflow_run_ids[variant.name])
-    prefix = f"{label}/" if label else ""
+    log = VariantLog.of(job, variant)
+    prefix = f"{label or job.eval.split}/"
     with tempfile.TemporaryDirectory(prefix="heat-eval-") as tmp:
         write_hypotheses(Path(tmp), texts, [str(truth) for truth in truths])
+        write_table(Path(tmp), detokenize(job.tokenizer_model, sources),
+                    [str(truth) for truth in truths], texts)
         copy_to_storage(Path(tmp), folder)
-        log.artifact(Path(tmp) / HYPOTHESES_FILE, label or None)
-        log.artifact(Path(tmp) / REFERENCES_FILE, label or None)
+        for name in (HYPOTHESES_FILE, REFERENCES_FILE, TABLE_FILE):
+            log.artifact(Path(tmp) / name, label or None)
     log.metrics({prefix + k: v for k, v in scores.items() if isinstance(v, float)}, step=step)
     log.tags({prefix + k: v for k, v in scores.items() if isinstance(v, str)})
     return {**scores, "hypotheses_uri": storage.join(folder, HYPOTHESES_FILE)}
@@ -275,7 +288,5 @@ class EvaluateStage(Stage):
             tokenizer_model=storage.read_bytes(storage.join(tokenized.uri, "spm.model")),
             train_uri=trained.uri, tracking_uri=tracker.tracking_uri,
             mlflow_run_ids={n: c.run_id for n, c in children.items()})
-        results = evaluate(job, trained.result, out_uri=out_uri, label=context.eval_label)
-        for child in children.values():
-            tracker.finish(child.run_id)
-        return results
+        return evaluate(job, trained.result, out_uri=out_uri, label=context.eval_label,
+                        on_scored=lambda variant: tracker.finish(children[variant].run_id))

@@ -90,7 +90,9 @@ def sample_sentences(train: ray.data.Dataset, schema: Schema, spec: TokenizerSpe
         fn_kwargs={"columns": schema.text_columns, "fraction": fraction, "seed": spec.seed})
     expected = min(spec.input_sentence_size, available)
     remaining = spec.input_sentence_size
-    with tqdm(total=expected, desc="tokenizer sample", unit="sentences") as progress:
+    # disable=None: a bar on a terminal only (a log or `ray job logs` gets no \r-redrawn lines)
+    with tqdm(total=expected, desc="tokenizer sample", unit="sentences",
+              disable=None) as progress:
         for batch in sampled.iter_batches(batch_format="pyarrow"):
             sentences = batch["sentence"].to_pylist()[:remaining]
             yield from sentences

@@ -14,40 +14,39 @@ returns the per-variant results the workers stored in the final checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
 
-import yaml
 
 from heat.validation import ConfigError
 from pipeline import storage
 from pipeline.training.checkpoints import prune_unregistered
-from pipeline.config import TrainConfig
+from pipeline.config import TaskConfig, TrainConfig, Variant
 from pipeline.stages.base import Stage, StageContext
-from pipeline.tracking import flatten, task_tags
-from pipeline.training.job import TrainJob
+from pipeline.tracking import task_tags
+from pipeline.training.job import ChildRunPlan, TrainJob
+from pipeline.training.progress import ProgressSink, progress_printer
 from pipeline.training.state import PROGRESS_FILE
 
 logger = logging.getLogger(__name__)
 
 
-def train(job: TrainJob, *, run_callbacks: list[Any] | None = None) -> dict[str, dict[str, Any]]:
+def train(job: TrainJob, *, run_callbacks: list[Any] | None = None,
+          progress: str | None = None) -> dict[str, dict[str, Any]]:
     """Train every variant of `job` in one Ray Train run; per variant its training summary
     (steps, tokens/s, best validation loss, where its best weights are, ...).
 
     Resumes from the run's latest checkpoint when (storage_uri, run_name) was used before.
     Raises when training fails (the caller marks the MLflow runs FAILED). run_callbacks go to
     RunConfig.callbacks (a Ray Tune trial's `TuneReportCallback`: each checkpoint reports
-    variant, step and best_val_loss). Starts a local Ray when none is running.
+    variant, step and best_val_loss). Starts a local Ray when none is running. With a
+    `progress` label, rank 0's progress lines are logged on this process as `<label>: ...`
+    (`pipeline.training.progress`).
     """
     import ray
     import ray.data
-    from ray.data import ExecutionOptions
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from pipeline.training.worker import DATASET, train_worker
 
     if not ray.is_initialized():
         ray.init()
@@ -60,10 +59,27 @@ def train(job: TrainJob, *, run_callbacks: list[Any] | None = None) -> dict[str,
     # Every worker re-reads this stream for each pass; their progress bars would go on printing
     # through the driver's console after the run's summary. Training logs its own progress.
     dataset.context.enable_progress_bars = False
-    datasets = {DATASET: dataset}
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(progress_printer(progress)) if progress else None
+        result = _fit(job, dataset, sink, run_callbacks)
+    kept = [result.checkpoint, *(c for c, _ in result.best_checkpoints or [])]
+    prune_unregistered(storage.join(job.storage_uri, job.run_name), kept)
+    return _read_results(result.checkpoint, job)
+
+
+def _fit(job: TrainJob, dataset: Any, sink: ProgressSink | None,
+         run_callbacks: list[Any] | None) -> Any:
+    """The Ray Train run of `job` over `dataset`; its `ray.train.Result`."""
+    from ray.data import ExecutionOptions
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.training.rankdata import DATASET
+    from pipeline.training.worker import train_worker
+
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"job": job},
+        train_loop_config={"job": job, "progress": sink},
         scaling_config=ScalingConfig(
             num_workers=job.train.num_workers,
             use_gpu=job.train.use_gpu,
@@ -77,17 +93,14 @@ def train(job: TrainJob, *, run_callbacks: list[Any] | None = None) -> dict[str,
             callbacks=run_callbacks,
             worker_runtime_env={"env_vars": _worker_env(job.train)},
         ),
-        datasets=datasets,
+        datasets={DATASET: dataset},
         # Not split by Ray: each rank keeps rows position % world == rank of each split of the
         # order-preserving stream (pipeline.batching.RankRows): reproducible, nothing dropped.
         dataset_config=DataConfig(
             datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)
         ),
     )
-    result = trainer.fit()  # raises TrainingFailedError when the workers fail
-    kept = [result.checkpoint, *(c for c, _ in result.best_checkpoints or [])]
-    prune_unregistered(storage.join(job.storage_uri, job.run_name), kept)
-    return _read_results(result.checkpoint, job)
+    return trainer.fit()  # raises TrainingFailedError when the workers fail
 
 
 def _check_splits(job: TrainJob) -> None:
@@ -107,17 +120,25 @@ def _check_cpus_left_for_data(train: TrainConfig) -> None:
     """
     import ray
 
-    total = ray.cluster_resources().get("CPU", 0.0)
+    check_cpus_left_for_data(train, ray.cluster_resources().get("CPU", 0.0), autoscaled=True)
+
+
+def check_cpus_left_for_data(train: TrainConfig, total: float, *, autoscaled: bool,
+                             where: str = "the cluster's") -> None:
+    """The workers (num_workers x cpus_per_worker) leave at least one of `total` CPUs to Ray
+    Data's read tasks, or a ConfigError on train.cpus_per_worker. `autoscaled`: workers that
+    do not fit at all pass (they wait for an autoscaler); otherwise (a local instance of `total`
+    CPUs, `heat-pipeline check`) they fail too. `where` names the CPUs' owner in the message."""
     wanted = train.num_workers * train.cpus_per_worker
-    if wanted <= total < wanted + 1:
-        most = (total - 1) / train.num_workers
-        hint = f"use at most {most:g}" if most > 0 else "give Ray at least 2 CPUs"
-        raise ConfigError(
-            "train.cpus_per_worker",
-            f"{train.num_workers} workers x {train.cpus_per_worker} CPU leave less than one of "
-            f"the cluster's {total:g} CPUs for Ray Data's read tasks and the run would hang; "
-            f"{hint}",
-        )
+    if total >= wanted + 1 or (autoscaled and wanted > total):
+        return
+    most = (total - 1) / train.num_workers
+    hint = f"use at most {most:g}" if most > 0 else "give Ray at least 2 CPUs"
+    raise ConfigError(
+        "train.cpus_per_worker",
+        f"{train.num_workers} workers x {train.cpus_per_worker} CPU leave less than one of "
+        f"{where} {total:g} CPUs for Ray Data's read tasks and the run would hang; {hint}",
+    )
 
 
 def _worker_env(train: TrainConfig) -> dict[str, str]:
@@ -158,22 +179,29 @@ class TrainStage(Stage):
                              for v in task.variants]}
 
     def run(self, context: StageContext, out_uri: str) -> dict[str, Any]:
-        """Open (or reopen) the variants' MLflow child runs, log what they train, train."""
+        """Train; rank 0 opens (or reopens) each variant's MLflow child run as its training
+        starts, with what it trains as params (`ChildRunPlan`)."""
         task, tracker = context.task, context.tracker
         tokenized = context.outcomes["tokenize"]
         model_proto = storage.read_bytes(storage.join(tokenized.uri, "spm.model"))
-        children = tracker.child_runs(task.name, [v.name for v in task.variants],
-                                      tags=task_tags(task.kind, task.data.dataset))
-        for variant in task.variants:
-            params = {**task.sections(), "task": task.name, "variant": variant.name,
-                      "attention": variant.attention_dict(),
-                      "data_rows": context.outcomes["prepare"].result["rows"],
-                      "tokenizer_pieces": tokenized.result["vocab_size"]}
-            run_id = children[variant.name].run_id
-            tracker.log_params(run_id, flatten(params))
-            tracker.log_text(run_id, yaml.safe_dump(params, sort_keys=False), "config.yaml")
-            tracker.log_bytes(run_id, model_proto, "tokenizer/spm.model")
+        plan = ChildRunPlan(
+            experiment_id=tracker.experiment_id, parent_run_id=tracker.parent_run_id,
+            run_name=tracker.run_name, task=task.name,
+            tags=task_tags(task.kind, task.data.dataset),
+            params={variant.name: variant_params(task, variant, {
+                "data_rows": context.outcomes["prepare"].result["rows"],
+                "tokenizer_pieces": tokenized.result["vocab_size"]})
+                for variant in task.variants})
         job = TrainJob.for_task(task, data_uri=tokenized.uri, tokenizer_model=model_proto,
                                 train_uri=out_uri, tracking_uri=tracker.tracking_uri,
-                                mlflow_run_ids={n: c.run_id for n, c in children.items()})
-        return train(job)
+                                child_runs=plan)
+        return train(job, progress=task.name)
+
+
+def variant_params(task: TaskConfig, variant: Variant, extra: dict[str, Any]) -> dict[str, Any]:
+    """What a variant's child run records as params: the task's sections, the attention as
+    written (`attention.*`, what the report groups seeds by) and as it runs at each site
+    (`attention_ran.*`, with fallbacks marked), and `extra`."""
+    return {**task.sections(), "task": task.name, "variant": variant.name,
+            "attention": variant.attention_dict(), "attention_ran": variant.attention_ran(),
+            **extra}

@@ -8,8 +8,9 @@ construction, so a bad job fails before Ray starts anything. No Ray, DeepSpeed o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from heat.models import ClassifierConfig, Seq2SeqConfig
 from heat.validation import ConfigError, check_choice, check_int
@@ -18,6 +19,24 @@ from pipeline.config import EvalConfig, ModelConfig, TaskConfig, TrainConfig, Va
 from pipeline.training.outputs import BEST_CHECKPOINT_DIR
 
 TASKS = ("translation", "classification")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChildRunPlan:
+    """Where rank 0 opens each variant's MLflow child run when that variant's training starts
+    (so the run's start time, and its Duration in the UI, are its own), and what it logs there
+    first: the variant's params (nested; flattened for MLflow, and as `config.yaml`) and the
+    tokenizer. A resumed fit reopens the run the killed attempt made."""
+
+    experiment_id: str
+    parent_run_id: str
+    run_name: str
+    """The pipeline run's name (the `heat.run_name` tag)."""
+    task: str
+    """The pipeline task's name (the `heat.task` tag)."""
+    tags: dict[str, str]
+    params: dict[str, dict[str, Any]]
+    """Variant name -> its params."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,8 +62,10 @@ class TrainJob:
     run_name: str
     """RunConfig.name: the same (storage_uri, run_name) resumes a killed run."""
     tracking_uri: str
-    mlflow_run_ids: dict[str, str]
-    """Variant name -> its MLflow child run (`pipeline.tracking.PipelineTracker.child_runs`)."""
+    mlflow_run_ids: dict[str, str] = field(default_factory=dict)
+    """Variant name -> its MLflow child run (`pipeline.tracking.PipelineTracker.child_runs`);
+    a variant without one has its run opened by rank 0 from `child_runs`."""
+    child_runs: ChildRunPlan | None = None
     num_labels: int | None = None
     """Classification: number of classes (labels 0 .. num_labels - 1)."""
 
@@ -56,7 +77,8 @@ class TrainJob:
         duplicate = next((n for n in names if names.count(n) > 1), None)
         if duplicate:
             raise ConfigError(f"variants.{duplicate}", "variant names must be unique")
-        missing = [n for n in names if n not in self.mlflow_run_ids]
+        missing = [n for n in names if n not in self.mlflow_run_ids
+                   and (self.child_runs is None or n not in self.child_runs.params)]
         if missing:
             raise ConfigError("mlflow_run_ids", f"no MLflow run id for variant(s) {missing}")
         if self.task == "classification":
@@ -70,7 +92,8 @@ class TrainJob:
 
     @classmethod
     def for_task(cls, task: TaskConfig, *, data_uri: str, tokenizer_model: bytes, train_uri: str,
-                 tracking_uri: str, mlflow_run_ids: dict[str, str]) -> TrainJob:
+                 tracking_uri: str, mlflow_run_ids: dict[str, str] | None = None,
+                 child_runs: ChildRunPlan | None = None) -> TrainJob:
         """The job of a pipeline task whose Ray Train run lives at `train_uri`
         (`<storage_uri>/<run_name>`, the train stage's folder)."""
         storage_uri, _, run_name = train_uri.rstrip("/").rpartition("/")
@@ -78,7 +101,7 @@ class TrainJob:
             task=task.kind, variants=list(task.variants), model=task.model, train=task.train,
             eval=task.eval, data_uri=data_uri, tokenizer_model=tokenizer_model,
             storage_uri=storage_uri, run_name=run_name, tracking_uri=tracking_uri,
-            mlflow_run_ids=mlflow_run_ids,
+            mlflow_run_ids=mlflow_run_ids or {}, child_runs=child_runs,
             num_labels=task.data.num_labels if task.kind == "classification" else None,
         )
 

@@ -31,6 +31,8 @@ REFERENCES_FILE = "references.txt"
 """Beside the hypotheses, line for line: the reference translations, or the true class ids
 (what a paired bootstrap over test examples resamples, `heat-pipeline report`)."""
 BEST_CHECKPOINT_DIR = "best_checkpoint"
+TABLE_FILE = "hypotheses.tsv"
+"""The same rows side by side for a person: source, reference, hypothesis (tab-separated)."""
 
 
 def write_hypotheses(folder: Path, lines: Sequence[str],
@@ -42,6 +44,18 @@ def write_hypotheses(folder: Path, lines: Sequence[str],
     if references is not None:
         (folder / REFERENCES_FILE).write_text(
             "".join(f"{_one_line(line)}\n" for line in references), encoding="utf-8")
+    return path
+
+
+def write_table(folder: Path, sources: Sequence[str], references: Sequence[str],
+                hypotheses: Sequence[str]) -> Path:
+    """`hypotheses.tsv`: a header and one row per evaluation example (tabs in a text become
+    spaces), for reading outputs beside their inputs in MLflow's artifact view."""
+    path = folder / TABLE_FILE
+    rows = zip(sources, references, hypotheses, strict=True)
+    path.write_text("source\treference\thypothesis\n" + "".join(
+        "\t".join(_one_line(text).replace("\t", " ") for text in row) + "\n" for row in rows),
+        encoding="utf-8")
     return path
 
 

@@ -10,8 +10,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
+import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
+
+if TYPE_CHECKING:
+    from pipeline.config import Variant
+    from pipeline.training.job import TrainJob
 
 LOSS_CURVE_FILE = "loss_curve.png"
 
@@ -20,6 +27,28 @@ class VariantLog:
     def __init__(self, tracking_uri: str, run_id: str) -> None:
         self.client = MlflowClient(tracking_uri)
         self.run_id = run_id
+
+    @classmethod
+    def of(cls, job: TrainJob, variant: Variant) -> VariantLog:
+        """The variant's run: the one the job names, else opened now from `job.child_runs`
+        (created with the variant's params, config and tokenizer, or the killed attempt's
+        reopened)."""
+        run_id = job.mlflow_run_ids.get(variant.name)
+        if run_id is not None:
+            return cls(job.tracking_uri, run_id)
+        from pipeline.tracking import PipelineTracker, flatten
+
+        plan = job.child_runs
+        assert plan is not None  # TrainJob checks that every variant has one or the other
+        tracker = PipelineTracker.attach(tracking_uri=job.tracking_uri,
+                                         experiment_id=plan.experiment_id,
+                                         parent_run_id=plan.parent_run_id, run_name=plan.run_name)
+        run_id = tracker.child_runs(plan.task, [variant.name], tags=plan.tags)[variant.name].run_id
+        params = plan.params[variant.name]
+        tracker.log_params(run_id, flatten(params))
+        tracker.log_text(run_id, yaml.safe_dump(params, sort_keys=False), "config.yaml")
+        tracker.log_bytes(run_id, job.tokenizer_model, "tokenizer/spm.model")
+        return cls(job.tracking_uri, run_id)
 
     def metrics(self, values: dict[str, float], step: int | None = None) -> None:
         """One round trip for several metrics at the same step."""

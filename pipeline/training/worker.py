@@ -21,27 +21,21 @@ import logging
 import resource
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pipeline import storage
-from pipeline.batching import (
-    BatchPosition,
-    BatchStream,
-    Examples,
-    RankRows,
-    group_by_split,
-    token_budget_batches,
-)
+from pipeline.batching import BatchPosition, BatchStream, token_budget_batches
 from pipeline.config import Variant
 from pipeline.training.checkpoints import resume_from, write_manifest
 from pipeline.training.engine import create_engine, quiet_deepspeed
 from pipeline.training.rank import Worker
+from pipeline.training.rankdata import RankData, load_data
 from pipeline.training.job import TrainJob
 from pipeline.training.objectives import Objective, build_objective
+from pipeline.training.progress import ProgressSink, step_line
 from pipeline.training.outputs import BEST_CHECKPOINT_DIR, copy_to_storage, save_model
 from pipeline.training.run_log import LOSS_CURVE_FILE, VariantLog
 from pipeline.training.state import (
@@ -69,64 +63,30 @@ def _start_worker(job: TrainJob) -> Worker:
     return Worker(context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device())
 
 
-DATASET = "splits"
-"""The name of the Ray dataset (the train and validation splits, with a `path` column)."""
-
-
-@dataclass(frozen=True)
-class RankData:
-    """This rank's rows of the training and validation splits."""
-
-    train: Examples
-    validation: Examples
-
-
-def _load_data(job: TrainJob, worker: Worker) -> RankData:
-    """This rank's rows of each split, from one pass over the job's dataset."""
-    import ray.train
-
-    def rows(**options: Any) -> RankRows:
-        return RankRows(job.task, worker.rank, worker.world_size, **options)
-
-    train, validation = rows(), rows()
-    collectors = {"train": [train], "validation": [validation]}
-    shard = ray.train.get_dataset_shard(DATASET)
-    for table in shard.iter_batches(batch_format="pyarrow", batch_size=None):
-        for split, part in group_by_split(table, collectors):
-            for collector in collectors[split]:
-                collector.add(part)
-    data = RankData(train.examples(), validation.examples())
-    counts = worker.all_reduce([len(data.train), len(data.validation)])
-    needed = (worker.world_size, 1)  # every rank draws training batches
-    for split, count, low in zip(("train", "validation"), counts, needed):
-        if count < low:
-            raise ValueError(f"split {split} of {job.data_uri} has {int(count)} rows; at least "
-                             f"{low} needed with {worker.world_size} worker(s)")
-    logger.info("rank %d rows: train %d, validation %d", worker.rank, len(data.train),
-                len(data.validation))
-    return data
-
-
 # ---------------------------------------------------------------------------------------------
 # The loop over variants
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """Ray Train's train_loop_per_worker: config = {"job": TrainJob}."""
+    """Ray Train's train_loop_per_worker: config = {"job": TrainJob, "progress": the driver's
+    `ProgressSink` or None}."""
     import ray.train
 
     job: TrainJob = config["job"]
     worker = _start_worker(job)
-    data = _load_data(job, worker)
+    sink: ProgressSink | None = config.get("progress") if worker.is_main else None
+    data = load_data(job, worker)
     run_uri = storage.join(job.storage_uri, job.run_name)
     restored = RestoredCheckpoint(resume_from(ray.train.get_checkpoint(), run_uri))
     progress = restored.progress
     ran_any = False
-    for variant in job.variants:
+    for index, variant in enumerate(job.variants, 1):
         if variant.name in progress.finished:
             logger.info("variant %s finished in an earlier attempt: skipped", variant.name)
+            if sink is not None:
+                sink.post(f"{_position(variant, index, job)}: finished in an earlier attempt")
             continue
-        run = VariantRun(job, variant, worker, data, progress)
+        run = VariantRun(job, variant, worker, data, progress, sink=sink, index=index)
         result = run.train_and_save(restored if restored.resumes(variant.name) else None)
         progress = Progress(finished={**progress.finished, variant.name: result})
         _report(worker, progress, {"variant": variant.name, **_numbers(result)})
@@ -134,6 +94,10 @@ def train_worker(config: dict[str, Any]) -> None:
     restored.remove()
     if not ran_any:  # everything was done before: report once so the result holds the progress
         _report(worker, progress, {})
+
+
+def _position(variant: Variant, index: int, job: TrainJob) -> str:
+    return f"{variant.name} ({index}/{len(job.variants)})"
 
 
 def _numbers(result: dict[str, Any]) -> dict[str, float]:
@@ -161,14 +125,16 @@ class VariantRun:
     """Trains one variant with its own DeepSpeed engine, then saves its best weights."""
 
     def __init__(
-        self, job: TrainJob, variant: Variant, worker: Worker, data: RankData, progress: Progress
+        self, job: TrainJob, variant: Variant, worker: Worker, data: RankData, progress: Progress,
+        *, sink: ProgressSink | None = None, index: int = 1,
     ) -> None:
         self.job, self.variant, self.worker, self.data = job, variant, worker, data
         self.progress = progress
+        self.sink, self.index = sink, index
+        self.attempt_start, self.attempt_first_step = time.perf_counter(), 0
         self.train = job.train
         self.model_config = job.model_config(variant)
-        self.log = (VariantLog(job.tracking_uri, job.mlflow_run_ids[variant.name])
-                    if worker.is_main else None)
+        self.log = VariantLog.of(job, variant) if worker.is_main else None
         torch.manual_seed(self.train.seed)  # identical initial weights on every rank
         self.objective: Objective = build_objective(self.model_config)
         self.engine = create_engine(self.objective, self.train)
@@ -188,6 +154,10 @@ class VariantRun:
             rank_state.restore_rng()
             position = rank_state.position
             logger.info("variant %s resumes at step %d", self.variant.name, self.state.step)
+            self._say(f"resumes at step {self.state.step}/{self.train.max_steps}")
+        else:
+            self._say(f"training, {self.train.max_steps} steps")
+        self.attempt_start, self.attempt_first_step = time.perf_counter(), self.state.step
         self.stream = BatchStream(self.data.train.lengths(), self.train.tokens_per_batch,
                                   self.train.seed, position)
         if self.log is not None:
@@ -207,10 +177,14 @@ class VariantRun:
         self._train()
         result = self._summary()
         if self.worker.is_main:
-            result.update(self._save_best())
+            result.update(self._save_best(result))
         self.engine.destroy()
+        seconds = time.perf_counter() - start
         logger.info("variant %s: %d steps trained in %.1f s (this attempt)",
-                    self.variant.name, self.state.step, time.perf_counter() - start)
+                    self.variant.name, self.state.step, seconds)
+        self._say(f"{self.state.step} steps in {seconds:.1f} s, best val loss "
+                  f"{self.state.best_val_loss:.4f} at step {self.state.best_step}, "
+                  f"{result['tokens_per_s']:,.0f} tok/s")
         # Every rank returns rank 0's result, so the progress each rank keeps is the same.
         return self.worker.gather([result])[0]
 
@@ -273,13 +247,25 @@ class VariantRun:
         seconds /= self.worker.world_size  # ranks step in lockstep: their mean wall time
         self.state.tokens += int(tokens)
         self.state.train_seconds += seconds
-        return {"train/loss": loss_sum / max(count, 1), "tokens_per_s": tokens / max(seconds, 1e-9)}
+        return {"train/loss": loss_sum / max(count, 1),
+                "train/tokens_per_s": tokens / max(seconds, 1e-9)}
 
     def _log_training(self, figures: dict[str, float]) -> None:
         (peak,) = self.worker.all_reduce([self._peak_memory_mb()], op="max")
         if self.log is not None:
             self.log.metrics({**figures, "lr": float(self.engine.get_lr()[0]),
                               "peak_mem_mb": peak}, step=self.state.step)
+        if self.sink is not None:
+            self.sink.post(step_line(
+                variant=self.variant.name, index=self.index, count=len(self.job.variants),
+                step=self.state.step, max_steps=self.train.max_steps,
+                loss=figures["train/loss"], tokens_per_s=figures["train/tokens_per_s"],
+                seconds=time.perf_counter() - self.attempt_start,
+                steps_done=self.state.step - self.attempt_first_step))
+
+    def _say(self, text: str) -> None:
+        if self.sink is not None:
+            self.sink.post(f"{_position(self.variant, self.index, self.job)}: {text}")
 
     def _peak_memory_mb(self) -> float:
         """GPU: peak allocated by this variant. CPU: peak RSS of the worker process so far
@@ -308,6 +294,8 @@ class VariantRun:
         if state.stopped_early:
             logger.info("variant %s stops early at step %d (best %.4f at step %d)",
                         self.variant.name, state.step, state.best_val_loss, state.best_step)
+            self._say(f"stops early at step {state.step} (best val loss "
+                      f"{state.best_val_loss:.4f} at step {state.best_step})")
 
     def _checkpoint(self) -> None:
         import ray.train
@@ -347,7 +335,7 @@ class VariantRun:
         model.load_state_dict(self.best_weights)
         return model
 
-    def _save_best(self) -> dict[str, Any]:
+    def _save_best(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Rank 0: best weights and loss curve to storage and MLflow; where the weights are."""
         result_uri = self.job.result_uri(self.variant.name)
         assert self.log is not None
@@ -356,8 +344,12 @@ class VariantRun:
             save_model(folder, self._best_model(), self.model_config)
             self.log.plot_loss_curve(folder / LOSS_CURVE_FILE, self.variant.name)
             copy_to_storage(folder, result_uri)
+            # The run's summary figures (what the runs table shows): the mean throughput of
+            # the whole training, not the last interval's (`train/tokens_per_s`).
             self.log.metrics({"best_val_loss": self.state.best_val_loss,
-                              "train_wall_s": self.state.wall_seconds}, step=self.state.step)
+                              "train_wall_s": self.state.wall_seconds,
+                              "tokens_per_s": summary["tokens_per_s"],
+                              "peak_mem_mb": summary["peak_mem_mb"]}, step=self.state.step)
             self.log.artifact(folder / LOSS_CURVE_FILE)
             self.log.artifact(folder / BEST_CHECKPOINT_DIR, BEST_CHECKPOINT_DIR)
         return {"checkpoint_uri": self.job.checkpoint_uri(self.variant.name)}

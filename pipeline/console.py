@@ -1,0 +1,142 @@
+"""What the terminal shows: the pipeline's own lines, not the libraries' chatter.
+
+By default the console gets the `pipeline` and `heat` loggers at INFO (stage events, training
+progress, scores) and everybody else's records (Ray, Ray Data, Ray Train, MLflow, alembic,
+DeepSpeed, py.warnings) only from ERROR up; every record of every logger, at INFO, also goes to
+`pipeline.log` in the run folder, so nothing is lost for a bug report. The Ray workers' own
+output (Ray Train's reports and checkpoint lines, DeepSpeed's start-up banner, Ray's
+placement-group warnings) is not forwarded to the driver at all (`ray.init(log_to_driver=False)`;
+Ray's session logs keep it); rank 0 sends its progress lines through
+`pipeline.training.progress` instead. `-v` (`configure(verbose=True)`) brings all of it back.
+
+The same holds under `ray job logs --follow`: the job's log is its driver's output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+OWN_LOGGERS = ("pipeline", "heat")
+FORMAT = "%(asctime)s %(message)s"
+DATE_FORMAT = "%H:%M:%S"
+FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FILE = "pipeline.log"
+
+_state = {"verbose": False}
+
+
+def verbose() -> bool:
+    return _state["verbose"]
+
+
+def configure(*, verbose: bool = False) -> None:
+    """The command line's console: our lines short (`12:03:04 translation: train: starting`),
+    the libraries' quiet unless `verbose`. Call before any work; `quiet_libraries` again after
+    a library has installed its own handlers (Ray at import and `ray.init`, Ray Data at its
+    first dataset)."""
+    _state["verbose"] = verbose
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    if not any(isinstance(h, _ConsoleHandler) for h in root.handlers):
+        handler = _ConsoleHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
+        root.addHandler(handler)
+    logging.captureWarnings(True)  # warnings.warn(...) -> the py.warnings logger
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Gate every console handler of every logger (not only ours: Ray's and MLflow's own
+    handlers, which do not propagate): libraries' records below ERROR are kept off the terminal
+    unless verbose. Cheap and idempotent: call it whenever a library may have added a handler."""
+    for logger in _all_loggers():
+        for handler in logger.handlers:
+            if _is_console(handler) and not any(isinstance(f, _Gate) for f in handler.filters):
+                handler.addFilter(_Gate())
+
+
+def ray_init_options() -> dict[str, bool]:
+    """`ray.init` keywords: the workers' output reaches the driver only when verbose."""
+    return {"log_to_driver": verbose()}
+
+
+@contextmanager
+def log_file(folder: str) -> Iterator[str]:
+    """Every logger's records, at INFO, into `<folder>/pipeline.log` for the block (a local
+    folder; for remote storage a local temporary file, uploaded there at the end)."""
+    from pipeline import storage
+
+    local = storage.local_path(storage.join(folder, LOG_FILE))
+    path = local or os.path.join(tempfile.mkdtemp(prefix="heat-log-"), LOG_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(FILE_FORMAT))
+    handler.setLevel(logging.INFO)
+    attached: list[logging.Logger] = []
+
+    def attach() -> None:
+        for logger in _all_loggers():
+            if (logger is logging.getLogger() or not logger.propagate) and \
+                    handler not in logger.handlers:
+                logger.addHandler(handler)
+                attached.append(logger)
+
+    attach()
+    _attachers.append(attach)
+    try:
+        yield path
+    finally:
+        attach()  # loggers configured during the block (Ray Data's) got their records too
+        _attachers.remove(attach)
+        for logger in attached:
+            logger.removeHandler(handler)
+        handler.close()
+        if not local:
+            with open(path, "rb") as source:
+                storage.write_bytes(storage.join(folder, LOG_FILE), source.read())
+
+
+_attachers: list = []
+
+
+def refresh() -> None:
+    """After a library configured its logging: gate its console handlers, open log files to it."""
+    quiet_libraries()
+    for attach in list(_attachers):
+        attach()
+
+
+def _all_loggers() -> list[logging.Logger]:
+    loggers = [logging.getLogger()]
+    for name in list(logging.Logger.manager.loggerDict):
+        logger = logging.getLogger(name)
+        if isinstance(logger, logging.Logger):
+            loggers.append(logger)
+    return loggers
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    if isinstance(handler, logging.FileHandler):
+        return False
+    if isinstance(handler, logging.StreamHandler):
+        return True
+    return type(handler).__name__ == "_StderrHandler"
+
+
+def _own(record: logging.LogRecord) -> bool:
+    return record.name.split(".", 1)[0] in OWN_LOGGERS
+
+
+class _Gate(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return verbose() or record.levelno >= logging.ERROR or (
+            _own(record) and record.levelno >= logging.INFO)
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """The root logger's console handler that `configure` installs (once)."""

@@ -1,0 +1,43 @@
+"""The one full smoke run the slow suites share (`heat-pipeline smoke` from an empty directory, as a
+user runs it), and the console script those suites call."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def heat_pipeline(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The installed console script (as the README runs it), else `python -m pipeline`."""
+    script = Path(sys.executable).parent / "heat-pipeline"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "pipeline"]
+    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    environment.update(env or {})
+    return subprocess.run([*command, *args], cwd=cwd, env=environment, capture_output=True,
+                          text=True, timeout=1500)
+
+
+@dataclass(frozen=True)
+class SmokeRun:
+    cwd: Path
+    result: subprocess.CompletedProcess
+    run_name: str
+
+    def __iter__(self):  # cwd, result, run_name = smoke
+        return iter((self.cwd, self.result, self.run_name))
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.cwd}/runs/mlflow.db"
+
+
+def run_smoke(cwd: Path) -> SmokeRun:
+    """One full smoke run in the empty directory `cwd` (its storage defaults to ./runs there)."""
+    result = heat_pipeline("smoke", cwd=cwd)
+    assert result.returncode == 0, result.stderr[-5000:]
+    run_name = re.search(r"^run (\S+) of config smoke", result.stdout, re.MULTILINE).group(1)
+    return SmokeRun(cwd, result, run_name)
