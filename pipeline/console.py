@@ -14,6 +14,7 @@ The same holds under `ray job logs --follow`: the job's log is its driver's outp
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import sys
@@ -28,6 +29,7 @@ FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_FILE = "pipeline.log"
 
 _state = {"verbose": False}
+_task: contextvars.ContextVar[str] = contextvars.ContextVar("heat_task", default="")
 
 
 def verbose() -> bool:
@@ -45,6 +47,7 @@ def configure(*, verbose: bool = False) -> None:
     if not any(isinstance(h, _ConsoleHandler) for h in root.handlers):
         handler = _ConsoleHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
+        handler.addFilter(_TaskPrefix())
         root.addHandler(handler)
     logging.captureWarnings(True)  # warnings.warn(...) -> the py.warnings logger
     quiet_libraries()
@@ -58,6 +61,18 @@ def quiet_libraries() -> None:
         for handler in logger.handlers:
             if _is_console(handler) and not any(isinstance(f, _Gate) for f in handler.filters):
                 handler.addFilter(_Gate())
+
+
+@contextmanager
+def task_lines(task: str) -> Iterator[None]:
+    """Inside the block, the stages' own lines (`prepare: train: 3599 rows kept`) are shown as
+    the task's (`translation: prepare: train: ...`): the stage functions do not know which
+    task they serve, and the same line of two tasks would read as a repeat."""
+    token = _task.set(task)
+    try:
+        yield
+    finally:
+        _task.reset(token)
 
 
 def ray_init_options() -> dict[str, bool]:
@@ -77,6 +92,7 @@ def log_file(folder: str) -> Iterator[str]:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(FILE_FORMAT))
     handler.setLevel(logging.INFO)
+    handler.addFilter(_TaskPrefix())
     attached: list[logging.Logger] = []
 
     def attach() -> None:
@@ -130,6 +146,19 @@ def _is_console(handler: logging.Handler) -> bool:
 
 def _own(record: logging.LogRecord) -> bool:
     return record.name.split(".", 1)[0] in OWN_LOGGERS
+
+
+class _TaskPrefix(logging.Filter):
+    """Prefix the stages' records with the task of `task_lines` (once, whichever handler
+    sees the record first)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        task = _task.get()
+        if (task and record.name.startswith(("pipeline.stages.", "pipeline.data."))
+                and not getattr(record, "heat_task", None)):
+            record.msg = f"{task}: {record.msg}"
+            record.heat_task = task
+        return True
 
 
 class _Gate(logging.Filter):

@@ -297,8 +297,9 @@ def _stage(context: StageContext, stage: Stage, reports: list[StageReport],
                                      f"{context.run_name}` first")
         logger.info("%s: starting -> %s", label, out)
     try:
-        outcome = stagecache.run_cached(out, inputs, lambda uri: stage.run(context, uri),
-                                        clear_partial=not stage.keep_partial)
+        with console.task_lines(task.name):
+            outcome = stagecache.run_cached(out, inputs, lambda uri: stage.run(context, uri),
+                                            clear_partial=not stage.keep_partial)
     except Exception as error:
         mistake = user_error(error)  # also one raised in a Ray task (reading a damaged file)
         if mistake is not None and mistake.field.startswith(_TASK_KEYS):

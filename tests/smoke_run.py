@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def heat_pipeline(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -41,3 +42,14 @@ def run_smoke(cwd: Path) -> SmokeRun:
     assert result.returncode == 0, result.stderr[-5000:]
     run_name = re.search(r"^run (\S+) of config smoke", result.stdout, re.MULTILINE).group(1)
     return SmokeRun(cwd, result, run_name)
+
+
+def tracked_runs(store: str, run_name: str) -> dict[str, Any]:
+    """The MLflow runs of pipeline run `run_name` in the smoke experiment, by run name (the
+    parent under `run_name`, the children under `task/variant`)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(store)
+    experiment = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([experiment.experiment_id], f"tags.`heat.run_name` = '{run_name}'")
+    return {run.info.run_name: run for run in runs}

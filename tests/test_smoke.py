@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from smoke_run import heat_pipeline
+from smoke_run import heat_pipeline, tracked_runs
 
 from heat.models import AttentionSites, Seq2SeqConfig, Seq2SeqTransformer
 from pipeline.batching import load_rank_rows
@@ -73,13 +73,6 @@ def untrained(smoke) -> dict[str, float]:
 
 def json_task(folder: Path) -> str:
     return json.loads((folder / "tokenize.json").read_text())["task"]
-
-
-def tracked_runs(store: str, run_name: str) -> dict[str, mlflow.entities.Run]:
-    client = mlflow.MlflowClient(store)
-    experiment = client.get_experiment_by_name("smoke")
-    runs = client.search_runs([experiment.experiment_id], f"tags.`heat.run_name` = '{run_name}'")
-    return {run.info.run_name: run for run in runs}
 
 
 def test_every_variant_of_both_tasks_finishes_well_above_untrained(smoke, untrained):

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from pipeline import storage
+from pipeline import console, storage
 from pipeline.config.tune import TuneConfig
 from pipeline.run import (
     RunResult,
@@ -40,6 +40,7 @@ from pipeline.run import (
 from pipeline.runfolder import (
     record_run,
     resolve_run_name,
+    run_path,
     sigterm_as_interrupt,
     traceback_kept,
 )
@@ -85,6 +86,13 @@ def run_searches(config: TuneConfig, *, run_name: str | None = None,
     probe_services(config.pipeline)
     run_name = resolve_run_name(config, run_name, resume)
     record_run(config, run_name)
+    with console.log_file(run_path(config, run_name)) as log:
+        logger.info("search %s: resolved config %s, log %s", run_name,
+                    run_path(config, run_name, "config.yaml"), log)
+        return _search(config, run_name, resume)
+
+
+def _search(config: TuneConfig, run_name: str, resume: bool) -> SearchResult:
     tracker = open_tracker(config, run_name, resume=resume)
     start = time.perf_counter()
     with traceback_kept(config, run_name), sigterm_as_interrupt(), tracker.failed_on_error():

@@ -192,7 +192,7 @@ def evaluate(job: TrainJob, trained: dict[str, dict[str, Any]], *, out_uri: str 
         folder = storage.join(out_uri, variant.name) if out_uri else job.result_uri(variant.name)
         results[variant.name] = _score_and_track(job, variant, rows, folder, label,
                                                  step=trained[variant.name]["steps"])
-        logger.info("variant %s: %s", variant.name, _scores_text(results[variant.name]))
+        logger.info("evaluate: %s: %s", variant.name, _scores_text(results[variant.name]))
         if on_scored is not None:
             on_scored(variant.name)
     return results
