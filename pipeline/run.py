@@ -85,6 +85,7 @@ class RunResult:
     experiment: str
     parent_run_id: str
     storage_root: str
+    experiment_id: str = ""
     stages: list[StageReport] = field(default_factory=list)
     wall_s: float = 0.0
 
@@ -93,7 +94,7 @@ class RunResult:
                 **fields: Any) -> Self:
         """The result of a run of `config` just opened in `tracker`, with `fields` set."""
         return cls(config.name, run_name, config.tracking.uri, config.tracking.experiment,
-                   tracker.parent_run_id, config.storage.root, **fields)
+                   tracker.parent_run_id, config.storage.root, tracker.experiment_id, **fields)
 
 
 @dataclass
@@ -157,7 +158,7 @@ def open_tracker(config: RunnableConfig, run_name: str, *, resume: bool) -> Pipe
     return PipelineTracker.open(
         tracking_uri=config.tracking.uri, experiment=config.tracking.experiment,
         artifact_location=config.tracking.artifact_location, run_name=run_name,
-        config_name=config.name, resume=resume,
+        config_name=config.name, resume=resume, description=config.description,
     )
 
 

@@ -35,6 +35,7 @@ class RunnableConfig(Protocol):
     """What the run bookkeeping needs of a config (a pipeline config or a search config)."""
 
     name: str
+    description: str
     storage: StorageConfig
     tracking: TrackingConfig
 

@@ -36,7 +36,7 @@ def format_summary(result: PipelineResult) -> str:
               f"outputs: {result.storage_root}",
               f"MLflow: {result.tracking_uri}, experiment {result.experiment!r}, parent run "
               f"{result.parent_run_id}",
-              f"browse: {browse_command(result.tracking_uri)}"]
+              f"browse: {browse_command(result.tracking_uri, result.experiment_id)}"]
     return "\n".join(lines)
 
 

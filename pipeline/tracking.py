@@ -26,6 +26,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 from pipeline.errors import one_line
+from pipeline.mlflow_ui import SCORE_METRICS, mark_experiment, runs_table_url, save_runs_view
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +51,20 @@ TAG_FAILURE = "heat.failure"
 TAG_PARENT = "mlflow.parentRunId"
 
 
-def browse_command(tracking_uri: str) -> str:
-    """How to look at the runs: the UI command for a local store, the address for a server."""
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri} in a browser"
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
+
+
+def browse_command(tracking_uri: str, experiment_id: str | None = None) -> str:
+    """How to look at the runs: the UI command for a local store, the address for a server;
+    with `experiment_id`, the link to its runs table with the scores as columns
+    (`pipeline.mlflow_ui`: the view `PipelineTracker.open` saves)."""
+    server = tracking_uri.startswith(("http://", "https://"))
+    if experiment_id is None:
+        return f"open {tracking_uri} in a browser" if server else \
+            f"mlflow ui --backend-store-uri {tracking_uri}"
+    url = runs_table_url(tracking_uri if server else UI_ADDRESS, experiment_id, SCORE_METRICS)
+    return f"open {url}" if server else \
+        f"mlflow ui --backend-store-uri {tracking_uri}, then open {url}"
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, str]:
@@ -97,10 +107,15 @@ class PipelineTracker:
 
     @classmethod
     def open(cls, *, tracking_uri: str, experiment: str, artifact_location: str | None,
-             run_name: str, config_name: str, resume: bool) -> PipelineTracker:
-        """Start the parent run, or with `resume` reopen the latest one tagged with `run_name`."""
+             run_name: str, config_name: str, resume: bool,
+             description: str = "") -> PipelineTracker:
+        """Start the parent run, or with `resume` reopen the latest one tagged with `run_name`.
+        The experiment is marked a model-training one, described, and given the saved runs
+        view with the scores as columns (`pipeline.mlflow_ui`)."""
         client = mlflow.MlflowClient(tracking_uri)
         experiment_id = _experiment_id(client, experiment, artifact_location)
+        mark_experiment(client, experiment_id, experiment_description(config_name, description))
+        save_runs_view(client, experiment_id)
         parent = _find_parent(client, experiment_id, run_name) if resume else None
         if parent is not None:
             client.update_run(parent, status=RunStatus.to_string(RunStatus.RUNNING))
@@ -204,6 +219,18 @@ class PipelineTracker:
             logger.error("pipeline failed (%s); marking MLflow runs FAILED", reason)
             self.fail(reason, "".join(traceback.format_exception(error)))
             raise
+
+
+def experiment_description(config_name: str, description: str) -> str:
+    """The experiment's description (Markdown, shown above its runs)."""
+    lines = [f"**{config_name}**: {description}" if description else f"**{config_name}**", "",
+             "One parent run per invocation (its summary as metrics `<task>/<variant>/...` and "
+             "`summary.json`), one child run per (task, variant): final scores `test/bleu`, "
+             "`test/chrf`, `test/accuracy`, `test/f1`, mean `tokens_per_s`, `peak_mem_mb`, "
+             "`train_wall_s`; the attention each site ran as `attention_ran.*` params. The "
+             "*heat scores* view (Views menu) shows them as columns; tick runs and Compare for "
+             "charts."]
+    return "\n".join(lines)
 
 
 def open_child_run(client: mlflow.MlflowClient, experiment_id: str, parent_run_id: str,

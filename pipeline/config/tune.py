@@ -163,6 +163,10 @@ class TuneConfig:
         return self.pipeline.name
 
     @property
+    def description(self) -> str:
+        return self.pipeline.description
+
+    @property
     def storage(self):
         return self.pipeline.storage
 

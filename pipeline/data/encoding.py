@@ -14,6 +14,8 @@ marks the rows that were cut, for counting. Other input columns (a split tag, sa
 
 from __future__ import annotations
 
+import functools
+
 import pyarrow as pa
 import sentencepiece as spm
 
@@ -98,3 +100,17 @@ class SentencePieceEncoder:
             "label": batch["label"],
             "truncated": pa.array(cut, pa.bool_()),
         })
+
+
+@functools.lru_cache(maxsize=2)
+def _encoder(model_proto: bytes, task: str, max_tokens: int) -> SentencePieceEncoder:
+    return SentencePieceEncoder(model_proto, task, max_tokens)
+
+
+def encode_batch(batch: pa.Table, *, model_proto: bytes, task: str, max_tokens: int) -> pa.Table:
+    """`map_batches` function (Ray tasks): `SentencePieceEncoder`, built once per worker process.
+
+    Tasks rather than an actor pool: Ray logs an ERROR line on the driver's console for every
+    restartable actor whose constructor arguments sit in the object store (ray#53727), and an
+    actor pool's are always there; a task is retried as an actor would be restarted."""
+    return _encoder(model_proto, task, max_tokens)(batch)

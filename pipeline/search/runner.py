@@ -272,6 +272,6 @@ def format_search_summary(result: SearchResult) -> str:
     lines += [f"outputs: {result.storage_root}",
               f"MLflow: {result.tracking_uri}, experiment {result.experiment!r}, parent run "
               f"{result.parent_run_id}",
-              f"browse: {browse_command(result.tracking_uri)}",
+              f"browse: {browse_command(result.tracking_uri, result.experiment_id)}",
               "compare: heat-pipeline report --experiment " + result.experiment]
     return "\n".join(lines)

@@ -236,6 +236,8 @@ def _score_and_track(job: TrainJob, variant: Variant, rows: list[tuple], folder:
     else:
         texts = [str(label) for label in outputs]
         scores = classification_scores(np.array(outputs), np.array(truths), job.num_labels or 0)
+    # Four decimals: what the runs table shows (BLEU 87.5432, accuracy 0.8533), nothing lost.
+    scores = {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}
     log = VariantLog.of(job, variant)
     prefix = f"{label or job.eval.split}/"
     with tempfile.TemporaryDirectory(prefix="heat-eval-") as tmp:

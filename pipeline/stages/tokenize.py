@@ -35,7 +35,7 @@ from heat.validation import ConfigError, check_int
 from pipeline import storage
 from pipeline.config import DataConfig, TokenizerSpec
 from pipeline.data.cleaning import SPLITS
-from pipeline.data.encoding import SentencePieceEncoder
+from pipeline.data.encoding import encode_batch
 from pipeline.data.schema import Schema
 from pipeline.stages.base import Stage, StageContext, result_dict
 
@@ -179,9 +179,8 @@ def run_tokenize(
              processor.get_piece_size())
 
     encoded = _read_prepared(prepared_uri).map_batches(
-        SentencePieceEncoder, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=num_cpus or 1),
-        fn_constructor_kwargs={"model_proto": proto, "task": data.task, "max_tokens": max_tokens},
+        encode_batch, batch_format="pyarrow", concurrency=num_cpus or 1,
+        fn_kwargs={"model_proto": proto, "task": data.task, "max_tokens": max_tokens},
     )
     encoded.context.execution_options.preserve_order = True
     encoded = encoded.materialize()

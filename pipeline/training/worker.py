@@ -316,11 +316,12 @@ class VariantRun:
     def _summary(self) -> dict[str, Any]:
         state = self.state
         (peak,) = self.worker.all_reduce([self._peak_memory_mb()], op="max")
+        # Rounded: these are the figures the runs table and the summary show.
         return {
-            "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
-            "peak_mem_mb": peak,
+            "tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1),
+            "peak_mem_mb": round(peak, 1),
             "steps": state.step,
-            "train_wall_s": state.wall_seconds,
+            "train_wall_s": round(state.wall_seconds, 2),
             "best_val_loss": state.best_val_loss,
             "val_loss": state.val_loss,
             "best_step": state.best_step,
@@ -347,7 +348,7 @@ class VariantRun:
             # The run's summary figures (what the runs table shows): the mean throughput of
             # the whole training, not the last interval's (`train/tokens_per_s`).
             self.log.metrics({"best_val_loss": self.state.best_val_loss,
-                              "train_wall_s": self.state.wall_seconds,
+                              "train_wall_s": summary["train_wall_s"],
                               "tokens_per_s": summary["tokens_per_s"],
                               "peak_mem_mb": summary["peak_mem_mb"]}, step=self.state.step)
             self.log.artifact(folder / LOSS_CURVE_FILE)
