@@ -45,7 +45,7 @@ def configure(*, verbose: bool = False) -> None:
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     if not any(isinstance(h, _ConsoleHandler) for h in root.handlers):
-        handler = _ConsoleHandler(sys.stderr)
+        handler = _ConsoleHandler()
         handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
         handler.addFilter(_TaskPrefix())
         root.addHandler(handler)
@@ -137,11 +137,15 @@ def _all_loggers() -> list[logging.Logger]:
 
 
 def _is_console(handler: logging.Handler) -> bool:
-    if isinstance(handler, logging.FileHandler):
-        return False
-    if isinstance(handler, logging.StreamHandler):
+    """A handler writing to the terminal: to stdout or stderr (also as they are at emit time,
+    as Ray's and logging's last-resort handlers do); not a file, not a test's capture."""
+    if isinstance(handler, _ConsoleHandler) or type(handler).__name__ in ("_StderrHandler",
+                                                                          "PlainRayHandler"):
         return True
-    return type(handler).__name__ == "_StderrHandler"
+    if isinstance(handler, logging.FileHandler) or not isinstance(handler, logging.StreamHandler):
+        return False
+    return handler.stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__) or \
+        getattr(handler.stream, "name", "") in ("<stdout>", "<stderr>")
 
 
 def _own(record: logging.LogRecord) -> bool:
@@ -168,4 +172,17 @@ class _Gate(logging.Filter):
 
 
 class _ConsoleHandler(logging.StreamHandler):
-    """The root logger's console handler that `configure` installs (once)."""
+    """The root logger's console handler that `configure` installs (once). It writes to
+    whatever `sys.stderr` is when a record comes (a test's capture, a redirect), not to the
+    stream of the moment it was made."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # logging.StreamHandler.__init__ assigns it
+        pass

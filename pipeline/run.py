@@ -212,10 +212,13 @@ def ray_session(config: RayConfig) -> Iterator[int]:
         # a run's controller is still alive, and without it the workers' placement group of a
         # run that ended ungracefully (a Tune trial stopped by ASHA) is never removed: its CPUs
         # stay reserved and every later trial waits for them forever.
-        ray.init(address="local", num_cpus=config.local_cpus(), include_dashboard=True,
-                 dashboard_host="127.0.0.1", **console.ray_init_options())
+        context = ray.init(address="local", num_cpus=config.local_cpus(),
+                           include_dashboard=True, dashboard_host="127.0.0.1",
+                           **console.ray_init_options())
     elif owned:
-        ray.init(address=config.address, **console.ray_init_options())
+        context = ray.init(address=config.address, **console.ray_init_options())
+    if owned:
+        _say_where_ray_runs(context)
     # One overall Ray Data bar per dataset; the per-operator bars of datasets read by several
     # processes interleave into unreadable terminal output.
     data = ray.data.DataContext.get_current()
@@ -233,6 +236,19 @@ def ray_session(config: RayConfig) -> Iterator[int]:
     finally:
         if owned:
             ray.shutdown()
+
+
+def _say_where_ray_runs(context: Any) -> None:
+    """One line: which cluster, its dashboard, and where the workers' own logs are (their
+    output is not shown on this console, `pipeline.console`)."""
+    import ray
+
+    node = ray._private.worker.global_worker.node  # the only handle on the session's folder
+    logs = node.get_logs_dir_path() if node is not None else "the head node's Ray session"
+    dashboard = context.address_info.get("webui_url") or context.dashboard_url
+    logger.info("Ray %s, %g CPUs%s; workers' logs in %s", context.address_info.get("gcs_address"),
+                ray.cluster_resources().get("CPU", 0),
+                f", dashboard http://{dashboard}" if dashboard else "", logs)
 
 
 # ---------------------------------------------------------------------------------------------

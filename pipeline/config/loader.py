@@ -14,6 +14,7 @@ from typing import Any
 from heat.validation import ConfigError
 from pipeline import storage
 from pipeline.config.data import DataConfig, TokenizerSpec, load_tokenizer_spec
+from pipeline.config.job import check_job_paths, job_ray_section
 from pipeline.config.sections import (
     EvalConfig,
     ModelConfig,
@@ -130,9 +131,10 @@ def build_config(raw: Mapping[str, Any]) -> PipelineConfig:
     if not isinstance(description, str):
         raise ConfigError("description", f"must be a string, got {description!r}")
     storage_config = build(StorageConfig, raw.get("storage"), "storage")
+    check_job_paths(storage_config.root, raw.get("tracking"))
     storage_config = StorageConfig(root=storage.resolve(storage_config.root))
     _check_storage_root(storage_config.root)
-    ray_config = build(RayConfig, raw.get("ray"), "ray")
+    ray_config = build(RayConfig, job_ray_section(raw.get("ray")), "ray")
     variants = parse_variants(raw.get("variants"))
     tasks = _tasks(raw.get("tasks"), raw.get("defaults"), variants)
     for task in tasks.values():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -71,10 +72,17 @@ def checkpoint_folders(run_uri: str) -> list[str]:
     return [storage.join(run_uri, name) for name in names]
 
 
-def resume_from(registered: Any | None, run_uri: str) -> Any | None:
+def resume_from(registered: Any | None, run_uri: str,
+                say: Callable[[str], None] | None = None) -> Any | None:
     """The checkpoint to resume from: the newest complete folder of the run when it is newer
-    than `registered` (Ray Train's `get_checkpoint()`), else `registered`."""
+    than `registered` (Ray Train's `get_checkpoint()`), else `registered`. What it decides is
+    logged, and passed to `say` (rank 0's progress lines, which reach the driver's console)."""
     import ray.train
+
+    def tell(message: str) -> None:
+        logger.info(message)
+        if say is not None:
+            say(message)
 
     newest = registered.path.rstrip("/").rsplit("/", 1)[-1] if registered is not None else ""
     for uri in reversed(checkpoint_folders(run_uri)):
@@ -82,12 +90,11 @@ def resume_from(registered: Any | None, run_uri: str) -> Any | None:
         if name <= newest:
             break
         if is_complete(uri):
-            logger.info("resuming from %s, written by a killed attempt before Ray Train "
-                        "registered it", name)
+            tell(f"resuming from {name}, written by a killed attempt before Ray Train "
+                 f"registered it")
             fs, path = storage.filesystem(uri)
             return ray.train.Checkpoint(path, filesystem=fs)
-        logger.info("%s is incomplete (its attempt was killed while writing it): not used",
-                    name)
+        tell(f"{name} is incomplete (its attempt was killed while writing it): not used")
     return registered
 
 

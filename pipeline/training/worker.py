@@ -77,7 +77,8 @@ def train_worker(config: dict[str, Any]) -> None:
     sink: ProgressSink | None = config.get("progress") if worker.is_main else None
     data = load_data(job, worker)
     run_uri = storage.join(job.storage_uri, job.run_name)
-    restored = RestoredCheckpoint(resume_from(ray.train.get_checkpoint(), run_uri))
+    restored = RestoredCheckpoint(resume_from(ray.train.get_checkpoint(), run_uri,
+                                              say=sink.post if sink is not None else None))
     progress = restored.progress
     ran_any = False
     for index, variant in enumerate(job.variants, 1):
