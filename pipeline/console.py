@@ -144,8 +144,10 @@ def _is_console(handler: logging.Handler) -> bool:
         return True
     if isinstance(handler, logging.FileHandler) or not isinstance(handler, logging.StreamHandler):
         return False
-    return handler.stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__) or \
-        getattr(handler.stream, "name", "") in ("<stdout>", "<stderr>")
+    stream = handler.stream
+    return stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__) or \
+        getattr(stream, "name", "") in ("<stdout>", "<stderr>") or \
+        type(stream).__name__ == "MlflowLoggingStream"  # MLflow's: sys.stderr at write time
 
 
 def _own(record: logging.LogRecord) -> bool:

@@ -70,7 +70,7 @@ def test_runtime_env_passes_rays_job_submission_parser():
     check_runtime_env(env)
     assert env["working_dir"] == str(ROOT)  # from --working-dir, not from the file
     assert {"runs/", ".venv/", ".git/", "benchmarks/", "__pycache__/"} <= set(env["excludes"])
-    assert env["env_vars"] == {"PYTHONUNBUFFERED": "1"}
+    assert env["env_vars"] == {"PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": "60"}
     assert "working_dir" not in load("runtime_env.yaml")
 
 

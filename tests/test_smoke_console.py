@@ -99,11 +99,17 @@ def test_child_runs_are_made_for_comparison(smoke):
 def test_hypotheses_sit_beside_their_sources_and_references(smoke):
     runs = tracked_runs(smoke.tracking_uri, smoke.run_name)
     client = mlflow.MlflowClient(smoke.tracking_uri)
-    folder = client.download_artifacts(runs["translation/softmax"].info.run_id, "hypotheses.tsv",
-                                       str(smoke.cwd / "downloads"))
-    with open(folder, encoding="utf-8") as handle:
+    run_id = runs["translation/softmax"].info.run_id
+    target = smoke.cwd / "downloads"
+    table, hypotheses = (client.download_artifacts(run_id, name, str(target))
+                         for name in ("hypotheses.tsv", "hypotheses.txt"))
+    with open(table, encoding="utf-8") as handle:
         rows = [line.rstrip("\n").split("\t") for line in handle]
     assert rows[0] == ["source", "reference", "hypothesis"]
-    assert len(rows) == 201 and all(len(row) == 3 and row[0] for row in rows[1:])
+    with open(hypotheses, encoding="utf-8") as handle:
+        outputs = handle.read().splitlines()
+    assert len(rows) - 1 == len(outputs) > 100  # the test split's rows (at most 200 scored)
+    assert all(len(row) == 3 and row[0] and row[1] for row in rows[1:])
+    assert [row[2] for row in rows[1:]] == outputs
     parent = runs[smoke.run_name]
     assert "summary.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}

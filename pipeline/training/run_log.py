@@ -21,12 +21,24 @@ if TYPE_CHECKING:
     from pipeline.training.job import TrainJob
 
 LOSS_CURVE_FILE = "loss_curve.png"
+STEP_METRICS = ("train/loss", "train/tokens_per_s", "lr", "peak_mem_mb", "val/loss")
+"""What training logs over steps (the rest is logged once, at the end)."""
 
 
 class VariantLog:
     def __init__(self, tracking_uri: str, run_id: str) -> None:
         self.client = MlflowClient(tracking_uri)
         self.run_id = run_id
+        self.logged_through: dict[str, int] = {}
+        """Per metric, the steps up to which a killed attempt logged it: not logged again."""
+
+    def resume(self, keys: tuple[str, ...] = STEP_METRICS) -> None:
+        """A resumed fit replays the steps between its checkpoint and the kill: keep the values
+        the killed attempt logged for them (the same, by deterministic resume), so no step of
+        the run's history holds two values."""
+        for key in keys:
+            steps = [metric.step for metric in self.client.get_metric_history(self.run_id, key)]
+            self.logged_through[key] = max(steps, default=0)
 
     @classmethod
     def of(cls, job: TrainJob, variant: Variant) -> VariantLog:
@@ -53,7 +65,10 @@ class VariantLog:
     def metrics(self, values: dict[str, float], step: int | None = None) -> None:
         """One round trip for several metrics at the same step."""
         now = int(time.time() * 1000)
-        batch = [Metric(key, float(value), now, step or 0) for key, value in values.items()]
+        batch = [Metric(key, float(value), now, step or 0) for key, value in values.items()
+                 if step is None or step > self.logged_through.get(key, -1)]
+        if not batch:
+            return
         self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
 
     def tags(self, values: dict[str, str]) -> None:

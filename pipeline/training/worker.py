@@ -156,6 +156,8 @@ class VariantRun:
             position = rank_state.position
             logger.info("variant %s resumes at step %d", self.variant.name, self.state.step)
             self._say(f"resumes at step {self.state.step}/{self.train.max_steps}")
+            if self.log is not None:
+                self.log.resume()
         else:
             self._say(f"training, {self.train.max_steps} steps")
         self.attempt_start, self.attempt_first_step = time.perf_counter(), self.state.step
