@@ -18,6 +18,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from browser import find_chromium, render, start_mlflow_server
+from smoke_run import SMOKE_TIMEOUT_S
 
 from pipeline.mlflow_ui import (
     EXPERIMENT_KIND,
@@ -126,6 +127,7 @@ def test_runs_table_of_a_hand_built_store_shows_scores_and_child_runs(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SMOKE_TIMEOUT_S)  # it may be the first to ask for the smoke run
 @needs_chromium
 def test_runs_table_of_the_smoke_run_shows_its_scores_and_child_runs(smoke, tmp_path):
     """The experiment the smoke run logged to: kind tag and scores view written by the pipeline,

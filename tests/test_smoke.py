@@ -28,14 +28,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from smoke_run import heat_pipeline, tracked_runs
+from smoke_run import SMOKE_TIMEOUT_S, heat_pipeline, tracked_runs
 
 from heat.models import AttentionSites, Seq2SeqConfig, Seq2SeqTransformer
 from pipeline.batching import load_rank_rows
 from pipeline.config import build_config
 from pipeline.stages.evaluate import detokenize, translate, translation_scores
 
-pytestmark = pytest.mark.slow
+# The first test to ask for the shared smoke run pays for it (its setup counts against the
+# test's time limit): the run takes 7-15 minutes on 2 busy cores.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(SMOKE_TIMEOUT_S)]
 
 VARIANTS = {"softmax", "linformer", "nystrom", "hadamard", "heat", "taylor"}
 # Measured (README, "Smoke pipeline: measured"): the weakest variant reaches BLEU 64 / chrF 80
