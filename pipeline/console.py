@@ -50,6 +50,8 @@ def configure(*, verbose: bool = False) -> None:
         handler.addFilter(_TaskPrefix())
         root.addHandler(handler)
     logging.captureWarnings(True)  # warnings.warn(...) -> the py.warnings logger
+    if not verbose:  # MLflow's "🏃 View run ... at: URL" on stdout as each run ends (a server)
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     quiet_libraries()
 
 

@@ -180,7 +180,7 @@ class RestoredCheckpoint:
         if path is None:
             raise RuntimeError(f"DeepSpeed found no engine checkpoint in {self.folder}")
         rank_state = RankState.from_dict(
-            torch.load(_rank_file(self.folder, rank), weights_only=False)
+            torch.load(_rank_file(self.folder, rank), weights_only=True)
         )
         best_file = self.folder / BEST_WEIGHTS_FILE
         best = torch.load(best_file, weights_only=True) if best_file.exists() else None
