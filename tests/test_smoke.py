@@ -115,9 +115,13 @@ def test_child_runs_hold_config_tokenizer_checkpoint_hypotheses_and_loss_curve(s
 
 
 def test_summary_table_and_how_to_browse(smoke):
-    cwd, result, _ = smoke
+    cwd, result, run_name = smoke
     out = result.stdout
-    assert out.startswith("# resolved config")
+    # the resolved config goes to the run folder, its path is printed (not the config itself)
+    recorded = cwd / "runs" / "pipeline-runs" / run_name / "config.yaml"
+    assert f"resolved config {recorded}" in result.stderr
+    assert yaml.safe_load(recorded.read_text())["name"] == "smoke"
+    assert "# resolved config" not in out
     for variant in VARIANTS:
         assert re.search(rf"^{variant}\s+\d+\.\d\d\s+\d+\.\d\d\s+\d+", out, re.MULTILINE), variant
     assert re.search(r"^variant\s+BLEU\s+chrF\s+tokens/s\s+train s\s+steps$", out, re.MULTILINE)
@@ -181,7 +185,9 @@ def test_a_new_run_reuses_prepared_data_and_tracks_over_http(smoke, mlflow_serve
         run_name: "FINISHED", "translation/softmax": "FINISHED"}
     assert "hypotheses.txt" in {a.path for a in mlflow.MlflowClient(mlflow_server).list_artifacts(
         runs["translation/softmax"].info.run_id)}
-    assert f"open {mlflow_server} in a browser" in result.stdout
+    # the link to the experiment's runs table on the server
+    assert re.search(rf"^browse: open {re.escape(mlflow_server)}/#/experiments/\d+/runs\?"
+                     rf"workflowType=machine_learning", result.stdout, re.MULTILINE)
 
 
 def test_resume_of_a_finished_run_skips_every_stage_and_reopens_its_parent(smoke):
