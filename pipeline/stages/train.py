@@ -59,8 +59,7 @@ def train(job: TrainJob, *, run_callbacks: list[Any] | None = None,
     # Every worker re-reads this stream for each pass; their progress bars would go on printing
     # through the driver's console after the run's summary. Training logs its own progress.
     dataset.context.enable_progress_bars = False
-    with contextlib.ExitStack() as stack:
-        sink = stack.enter_context(progress_printer(progress)) if progress else None
+    with progress_printer(progress) if progress else contextlib.nullcontext() as sink:
         result = _fit(job, dataset, sink, run_callbacks)
     kept = [result.checkpoint, *(c for c, _ in result.best_checkpoints or [])]
     prune_unregistered(storage.join(job.storage_uri, job.run_name), kept)
