@@ -7,13 +7,11 @@ the order of the batches (not their contents) keeps the gradient steps from walk
 data from short to long. Everything is a pure function of (lengths, budget, seed, epoch), so a
 resumed run regenerates exactly the batch sequence it was in.
 
-Rows come from a Ray Data iterator (`ray.train.get_dataset_shard`) or an in-memory list of
-Arrow tables. Each rank keeps the rows whose position in their split (read in order) is
+Rows come from the splits' Arrow tables, read in order (`pipeline.training.rankdata`). Each rank keeps the rows whose position in their split (read in order) is
 congruent to its rank modulo the world size (`RankRows`): every example belongs to exactly one
 rank, the assignment is the same on every run (which resuming mid-epoch needs), and no row is
 dropped to equalise shard sizes (Ray's `streaming_split(equal=True)` drops rows and hands out
-blocks in arrival order). All splits travel as one dataset with a `path` column
-(`group_by_split`): one Ray Data start-up instead of three.
+blocks in arrival order).
 
 Ranks then draw different numbers of batches per epoch, so the trainer never counts epochs: it
 runs a fixed number of optimizer steps and `BatchStream` cycles through epochs for as long as
@@ -24,13 +22,12 @@ Shape convention: B batch, S source length, T target length, L classification in
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 from torch import Tensor
 
@@ -188,9 +185,8 @@ EXAMPLE_TYPES: dict[str, type[TranslationExamples] | type[ClassificationExamples
 class RankRows:
     """Collects this rank's rows (position % world_size == rank) of a split streamed in order.
 
-    Feed it the split's Arrow tables in dataset order (e.g. batches of an order-preserving
-    Ray Data iterator); max_rows > 0 keeps only the first max_rows rows of the split
-    (evaluation subsets).
+    Feed it the split's Arrow tables in order (its Parquet files', in storage order);
+    max_rows > 0 keeps only the first max_rows rows of the split (evaluation subsets).
     """
 
     def __init__(
@@ -231,35 +227,11 @@ def load_rank_rows(
     keep_refs: bool = False,
     max_rows: int = 0,
 ) -> Examples:
-    """`RankRows` over the tables of one split (a list, or a Ray Data iterator's batches)."""
+    """`RankRows` over the tables of one split (a list, or a generator of them)."""
     rows = RankRows(task, rank, world_size, keep_refs=keep_refs, max_rows=max_rows)
     for table in batches:
         rows.add(table)
     return rows.examples()
-
-
-def split_of(path: str, splits: Collection[str]) -> str | None:
-    """The split a Parquet file holds: `<split>.parquet` itself, or a part file inside a
-    `<split>.parquet/` folder (as Ray Data's write_parquet leaves it); None if neither."""
-    for part in reversed(path.split("/")):
-        if part.endswith(".parquet") and part.removesuffix(".parquet") in splits:
-            return part.removesuffix(".parquet")
-    return None
-
-
-def group_by_split(table: pa.Table, splits: Collection[str]) -> list[tuple[str, pa.Table]]:
-    """(split, rows) groups of a block read with `include_paths=True`, in first-seen order.
-
-    One Ray dataset over all split files costs one Ray Data start-up instead of three; its
-    `path` column tells the rows apart again. Rows of files outside `splits` are dropped.
-    """
-    paths = table.column("path")
-    groups = []
-    for path in pc.unique(paths).to_pylist():
-        split = split_of(path, splits)
-        if split is not None:
-            groups.append((split, table.filter(pc.equal(paths, path))))
-    return groups
 
 
 def _empty_table(task: str, keep_refs: bool) -> pa.Table:

@@ -52,6 +52,7 @@ from pipeline.runfolder import (
     traceback_kept,
 )
 from pipeline.services import probe_services
+from pipeline.shared_storage import check_shared
 from pipeline.stages import STAGES, Stage, StageContext
 from pipeline.summary import format_summary
 from pipeline.tracking import PipelineTracker, flatten
@@ -171,6 +172,7 @@ def _execute(config: PipelineConfig, run_name: str, tracker: PipelineTracker, *,
                             evaluations={t: label for t, label in (labels or {}).items() if label})
     # ray.init installs its own SIGTERM handler (exit at once): take the signal back.
     with ray_session(config.ray) as cpus, sigterm_as_interrupt():
+        check_shared(config.storage.root)
         for task in config.tasks.values():
             context = StageContext(config, task, run_name, tracker, cpus,
                                    eval_label=(labels or {}).get(task.name, ""))
@@ -259,7 +261,7 @@ def _run_task(context: StageContext, reports: list[StageReport],
               finished_before: str | None) -> dict[str, dict[str, Any]]:
     """Every stage in order; the per-variant results of the stages of the run (train, evaluate),
     merged, in the config's order of variants."""
-    must_be_finished = True if finished_before else False
+    must_be_finished = bool(finished_before)
     for stage in STAGES:
         if stage.name == finished_before:
             must_be_finished = False

@@ -210,13 +210,17 @@ def test_a_run_killed_before_its_checkpoint_was_registered_resumes_from_it(tmp_p
     (folder,) = train.iterdir()
     # What the kill leaves when it lands before the controller's registration.
     (folder / "checkpoint_manager_snapshot.json").unlink(missing_ok=True)
-    (orphan,) = folder.glob("checkpoint_*")
+    # The kill's shutdown can take long enough (a loaded machine) for the worker to write a
+    # second checkpoint, or to start one: the newest whose writer finished is the one resumed.
+    orphans = sorted(folder.glob("checkpoint_*"))
+    finished = [o for o in orphans if (o / "manifests" / "rank_0.json").is_file()]
+    orphan = finished[-1]
     step = json.loads((orphan / "progress.json").read_text())["current"]["step"]
 
     resumed = heat_pipeline("run", str(path), "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-5000:]
     assert f"resuming from {orphan.name}" in resumed.stderr
-    assert not orphan.exists(), "the killed attempt's folder is removed once the fit ends"
-    assert step == 40
+    assert not any(o.exists() for o in orphans), "the killed attempt's folders are removed"
+    assert step in (40, 80)
     done = json.loads((folder / "_SUCCESS").read_text())["result"]["softmax"]
     assert done["steps"] == 120

@@ -11,10 +11,8 @@ from pipeline.batching import (
     BatchStream,
     TokenColumn,
     TranslationExamples,
-    group_by_split,
     load_rank_rows,
     padded_size,
-    split_of,
     token_budget_batches,
 )
 
@@ -143,24 +141,3 @@ def test_token_column_from_a_sliced_arrow_array():
     assert [tokens[i].tolist() for i in range(len(tokens))] == [[2, 3], [4, 5, 6]]
 
 
-@pytest.mark.parametrize(
-    ("path", "split"),
-    [
-        ("/data/tok/train.parquet", "train"),
-        ("/data/tok/validation.parquet/8f2c_000000_000000-0.parquet", "validation"),
-        ("bucket/run/test.parquet/part-1.parquet", "test"),
-        ("/data/tok/stats.parquet", None),
-        ("/data/train.parquet/other/x.json", "train"),
-    ],
-)
-def test_split_of_a_file_or_a_part_file(path, split):
-    assert split_of(path, {"train", "validation", "test"}) == split
-
-
-def test_group_by_split_separates_a_mixed_block_keeping_row_order():
-    table = pa.table({"x": [0, 1, 2, 3, 4],
-                      "path": ["/d/train.parquet/a.parquet", "/d/train.parquet/a.parquet",
-                               "/d/test.parquet", "/d/train.parquet/b.parquet", "/d/test.parquet"]})
-    groups = group_by_split(table, {"train", "test"})
-    assert [(split, part.column("x").to_pylist()) for split, part in groups] == [
-        ("train", [0, 1]), ("test", [2, 4]), ("train", [3])]

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import sacrebleu
 import sentencepiece as spm
 import torch
@@ -37,6 +36,7 @@ from pipeline.config import EvalConfig, Variant
 from pipeline.stages.base import Stage, StageContext
 from pipeline.training.job import TrainJob
 from pipeline.tracking import task_tags
+from pipeline.training.rankdata import split_tables
 from pipeline.training.outputs import (
     HYPOTHESES_FILE,
     REFERENCES_FILE,
@@ -218,10 +218,8 @@ def evaluation_rows(job: TrainJob, share: int, shares: int) -> Examples:
     """This share's rows of the evaluation split (its first max_examples rows, if set)."""
     rows = RankRows(job.task, share, shares, keep_refs=job.task == "translation",
                     max_rows=job.eval.max_examples)
-    fs, _ = storage.filesystem(job.split_uri(job.eval.split))
-    for uri in storage.list_files(job.split_uri(job.eval.split)):
-        if uri.endswith(".parquet"):
-            rows.add(pq.read_table(storage.filesystem(uri)[1], filesystem=fs))
+    for table in split_tables(job.split_uri(job.eval.split)):
+        rows.add(table)
     return rows.examples()
 
 

@@ -33,6 +33,7 @@ from pipeline.training.state import PROGRESS_FILE
 logger = logging.getLogger(__name__)
 
 
+
 def train(job: TrainJob, *, run_callbacks: list[Any] | None = None,
           progress: str | None = None) -> dict[str, dict[str, Any]]:
     """Train every variant of `job` in one Ray Train run; per variant its training summary
@@ -46,34 +47,24 @@ def train(job: TrainJob, *, run_callbacks: list[Any] | None = None,
     (`pipeline.training.progress`).
     """
     import ray
-    import ray.data
 
     if not ray.is_initialized():
         ray.init()
     _check_cpus_left_for_data(job.train)
     _check_splits(job)
-    # One dataset over both files: each Ray Data execution costs seconds of start-up, and the
-    # workers route the rows back to their split by file name.
-    files = [job.split_uri(split) for split in ("train", "validation")]
-    dataset = ray.data.read_parquet(files, include_paths=True)
-    # Every worker re-reads this stream for each pass; their progress bars would go on printing
-    # through the driver's console after the run's summary. Training logs its own progress.
-    dataset.context.enable_progress_bars = False
     with progress_printer(progress) if progress else contextlib.nullcontext() as sink:
-        result = _fit(job, dataset, sink, run_callbacks)
+        result = _fit(job, sink, run_callbacks)
     kept = [result.checkpoint, *(c for c, _ in result.best_checkpoints or [])]
     prune_unregistered(storage.join(job.storage_uri, job.run_name), kept)
     return _read_results(result.checkpoint, job)
 
 
-def _fit(job: TrainJob, dataset: Any, sink: ProgressSink | None,
-         run_callbacks: list[Any] | None) -> Any:
-    """The Ray Train run of `job` over `dataset`; its `ray.train.Result`."""
-    from ray.data import ExecutionOptions
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+def _fit(job: TrainJob, sink: ProgressSink | None, run_callbacks: list[Any] | None) -> Any:
+    """The Ray Train run of `job` (each rank reads its rows of the splits itself,
+    `pipeline.training.rankdata`); its `ray.train.Result`."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.training.rankdata import DATASET
     from pipeline.training.worker import train_worker
 
     trainer = TorchTrainer(
@@ -91,12 +82,6 @@ def _fit(job: TrainJob, dataset: Any, sink: ProgressSink | None,
             failure_config=FailureConfig(max_failures=job.train.max_failures),
             callbacks=run_callbacks,
             worker_runtime_env={"env_vars": _worker_env(job.train)},
-        ),
-        datasets={DATASET: dataset},
-        # Not split by Ray: each rank keeps rows position % world == rank of each split of the
-        # order-preserving stream (pipeline.batching.RankRows): reproducible, nothing dropped.
-        dataset_config=DataConfig(
-            datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)
         ),
     )
     return trainer.fit()  # raises TrainingFailedError when the workers fail

@@ -51,13 +51,22 @@ class ProgressSink:
             logging.getLogger(__name__).debug("progress line dropped: %s", line)
 
 
+def driver_node() -> Any:
+    """Keep the queue on the driver's node: a worker node lost mid-training (Ray Train
+    restarts the group there) must not take the progress lines with it."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+
+
 @contextmanager
 def progress_printer(label: str) -> Iterator[ProgressSink]:
     """A queue for the workers' lines and a thread logging them as `<label>: <line>` while the
     block runs (a Ray must be initialised); every line posted is printed before it returns."""
     from ray.util.queue import Empty, Queue
 
-    queue = Queue(actor_options={"num_cpus": 0})
+    queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": driver_node()})
     done = threading.Event()
 
     def drain() -> None:
