@@ -56,12 +56,12 @@ def check_shared(root: str, key: str = "storage.root") -> None:
     path = storage.local_path(root)
     if path is None or sum(1 for node in ray.nodes() if node.get("Alive")) < 2:
         return
-    marker = storage.join(root, f".shared-check-{uuid.uuid4().hex}")
+    marker = os.path.join(path, f".shared-check-{uuid.uuid4().hex}")
     storage.write_bytes(marker, b"written by the driver; removed after the check\n")
     try:
-        missing = nodes_without(storage.local_path(marker) or marker)
+        missing = nodes_without(marker)
     finally:
-        os.remove(storage.local_path(marker) or marker)
+        os.remove(marker)
     if missing:
         raise ConfigError(key, f"{root!r} is not shared storage: node(s) {', '.join(missing)} "
                                f"do not see it (a file the driver wrote there is missing); use "

@@ -31,7 +31,8 @@ import torch
 from heat.decoding import beam_search
 from heat.models import EncoderClassifier, Seq2SeqTransformer
 from pipeline import storage
-from pipeline.batching import ClassificationExamples, Examples, RankRows, TranslationExamples
+from pipeline.batching import (ClassificationExamples, Examples, TranslationExamples,
+                               load_rank_rows)
 from pipeline.config import EvalConfig, Variant
 from pipeline.stages.base import Stage, StageContext
 from pipeline.training.job import TrainJob
@@ -216,11 +217,8 @@ def decode_share(job: TrainJob, variant: Variant, share: int, shares: int) -> li
 
 def evaluation_rows(job: TrainJob, share: int, shares: int) -> Examples:
     """This share's rows of the evaluation split (its first max_examples rows, if set)."""
-    rows = RankRows(job.task, share, shares, keep_refs=job.task == "translation",
-                    max_rows=job.eval.max_examples)
-    for table in split_tables(job.split_uri(job.eval.split)):
-        rows.add(table)
-    return rows.examples()
+    return load_rank_rows(split_tables(job.split_uri(job.eval.split)), job.task, share, shares,
+                          keep_refs=job.task == "translation", max_rows=job.eval.max_examples)
 
 
 def _score_and_track(job: TrainJob, variant: Variant, rows: list[tuple], folder: str,

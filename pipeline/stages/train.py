@@ -1,8 +1,8 @@
 """The train stage: every variant of a task trained in one Ray Train + DeepSpeed run.
 
 One `TorchTrainer.fit()` trains ALL of a job's attention variants, one after another: a fit
-costs 16-45 s of start-up on CPU (worker processes, process group, dataset readers), which
-twelve separate fits would pay twelve times. Each variant gets a fresh DeepSpeed engine inside
+costs seconds of start-up on CPU (worker processes, the process group), which twelve
+separate fits would pay twelve times. Each variant gets a fresh DeepSpeed engine inside
 the same workers; the checkpoint records which variants are finished and with which results, so
 a killed run restarted with the same (storage_uri, run_name) skips them and resumes the current
 one from its last step (`pipeline.training.worker`). Each variant's best weights go to storage,
@@ -31,7 +31,6 @@ from pipeline.training.progress import ProgressSink, progress_printer
 from pipeline.training.state import PROGRESS_FILE
 
 logger = logging.getLogger(__name__)
-
 
 
 def train(job: TrainJob, *, run_callbacks: list[Any] | None = None,

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
-from pipeline.batching import Examples, RankRows
+from pipeline.batching import Examples, load_rank_rows
 from pipeline.training.job import TrainJob
 from pipeline.training.rank import Worker
 
@@ -43,13 +43,10 @@ class RankData:
 
 def load_data(job: TrainJob, worker: Worker) -> RankData:
     """This rank's rows of each split."""
-    collected = {}
-    for split in ("train", "validation"):
-        rows = RankRows(job.task, worker.rank, worker.world_size)
-        for table in split_tables(job.split_uri(split)):
-            rows.add(table)
-        collected[split] = rows.examples()
-    data = RankData(collected["train"], collected["validation"])
+    train, validation = (load_rank_rows(split_tables(job.split_uri(split)), job.task,
+                                        worker.rank, worker.world_size)
+                         for split in ("train", "validation"))
+    data = RankData(train, validation)
     counts = worker.all_reduce([len(data.train), len(data.validation)])
     needed = (worker.world_size, 1)  # every rank draws training batches
     for split, count, low in zip(("train", "validation"), counts, needed):
