@@ -192,7 +192,7 @@ def test_folders_ray_does_not_keep_are_removed(tmp_path):
 @pytest.mark.slow
 def test_a_run_killed_before_its_checkpoint_was_registered_resumes_from_it(tmp_path):
     config = tiny_config(tmp_path)
-    config["tasks"]["translation"]["train"].update(max_steps=120, val_every=20,
+    config["tasks"]["translation"]["train"].update(max_steps=240, val_every=20,
                                                    checkpoint_every=40)
     path = write_yaml(tmp_path / "tiny.yaml", config)
     script = Path(sys.executable).parent / "heat-pipeline"
@@ -212,6 +212,8 @@ def test_a_run_killed_before_its_checkpoint_was_registered_resumes_from_it(tmp_p
     (folder / "checkpoint_manager_snapshot.json").unlink(missing_ok=True)
     # The kill's shutdown can take long enough (a loaded machine) for the worker to write a
     # second checkpoint, or to start one: the newest whose writer finished is the one resumed.
+    # (Before the progress printer stopped waiting for a quiet queue, CI's loaded machine let
+    # the worker finish all 120 steps of this test's former length during the shutdown.)
     orphans = sorted(folder.glob("checkpoint_*"))
     finished = [o for o in orphans if (o / "manifests" / "rank_0.json").is_file()]
     orphan = finished[-1]
@@ -221,6 +223,6 @@ def test_a_run_killed_before_its_checkpoint_was_registered_resumes_from_it(tmp_p
     assert resumed.returncode == 0, resumed.stderr[-5000:]
     assert f"resuming from {orphan.name}" in resumed.stderr
     assert not any(o.exists() for o in orphans), "the killed attempt's folders are removed"
-    assert step in (40, 80)
+    assert step in (40, 80, 120, 160, 200)
     done = json.loads((folder / "_SUCCESS").read_text())["result"]["softmax"]
-    assert done["steps"] == 120
+    assert done["steps"] == 240

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -202,3 +203,33 @@ def test_a_missing_split_fails_before_the_fit(ray_cluster, tmp_path: Path):
     job = toy_job(tmp_path, "classification", {"softmax": "unused"}, tokens_per_batch=256)
     with pytest.raises(Exception, match="test.parquet"):
         train_and_evaluate(job)
+
+
+def test_progress_lines_are_all_printed_but_a_failed_block_does_not_wait_for_them(
+        ray_cluster, caplog):
+    from pipeline.training.progress import progress_printer
+
+    caplog.set_level("INFO", logger="pipeline.progress")
+    with progress_printer("t") as sink:
+        for i in range(5):
+            sink.post(f"line {i}")
+    assert [r.getMessage() for r in caplog.records] == [f"t: line {i}" for i in range(5)]
+
+    # Workers still running after the driver was stopped post without pause: the block's
+    # exception must not wait for a quiet queue (10 s of join timeout before this was fixed).
+    posting = True
+
+    def worker(sink) -> None:
+        while posting:
+            sink.post("step")
+            time.sleep(0.01)
+
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        with progress_printer("t") as sink:
+            threading.Thread(target=worker, args=(sink,), daemon=True).start()
+            time.sleep(1)
+            raise KeyboardInterrupt
+    stopped = time.monotonic() - start
+    posting = False
+    assert stopped < 4, f"the interrupted block took {stopped:.1f} s to return"

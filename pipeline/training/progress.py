@@ -63,26 +63,34 @@ def driver_node() -> Any:
 @contextmanager
 def progress_printer(label: str) -> Iterator[ProgressSink]:
     """A queue for the workers' lines and a thread logging them as `<label>: <line>` while the
-    block runs (a Ray must be initialised); every line posted is printed before it returns."""
+    block runs (a Ray must be initialised). Every line posted is printed before a block that
+    ends normally returns; one that raises (a failure, Ctrl-C, SIGTERM) returns at once, while
+    workers that still run keep posting: waiting for a quiet queue would let them train (and
+    checkpoint) on for seconds after the run was stopped."""
     from ray.util.queue import Empty, Queue
 
     queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": driver_node()})
-    done = threading.Event()
+    done, abandoned = threading.Event(), threading.Event()
 
     def drain() -> None:
-        while True:
+        while not abandoned.is_set():
             try:
-                logger.info("%s: %s", label, queue.get(timeout=POLL_S))
+                line = queue.get(timeout=POLL_S)
             except Empty:
                 if done.is_set():
                     return
+                continue
             except Exception:  # the actor is gone (Ray shut down): nothing more to print
                 return
+            logger.info("%s: %s", label, line)
 
     thread = threading.Thread(target=drain, name="heat-progress", daemon=True)
     thread.start()
     try:
         yield ProgressSink(queue)
+    except BaseException:
+        abandoned.set()
+        raise
     finally:
         done.set()
         thread.join(timeout=10)
