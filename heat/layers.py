@@ -125,6 +125,9 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
+        for projection in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            nn.init.xavier_uniform_(projection.weight)
+            nn.init.zeros_(projection.bias)
         self.kernel = kernel
         # Kernels never expose attention weights (most never form them), so the dropout that
         # would act on them acts on the per-head outputs instead.
@@ -181,6 +184,8 @@ class FeedForward(nn.Module):
         super().__init__()
         self.up = nn.Linear(d_model, ffn_dim)
         self.down = nn.Linear(ffn_dim, d_model)
+        nn.init.xavier_uniform_(self.up.weight)
+        nn.init.xavier_uniform_(self.down.weight)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:

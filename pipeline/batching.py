@@ -1,8 +1,10 @@
 """Token-id examples in memory, length bucketing under a token budget, and padded batches.
 
 Training batches are sized by tokens, not sentences: a batch holds as many examples as fit in
-`tokens_per_batch` PADDED tokens (batch size x longest example, summed over the source and target
-columns for translation). Sorting by length before cutting batches keeps padding low; shuffling
+`tokens_per_batch` PADDED tokens. For translation `batch_tokens` says how the two columns count:
+`sum` (the default) is batch size x (longest source + longest target), `max` is batch size x the
+longer of the two, fairseq's `--max-tokens` convention (about twice the rows for the same
+number). Sorting by length before cutting batches keeps padding low; shuffling
 the order of the batches (not their contents) keeps the gradient steps from walking through the
 data from short to long. Everything is a pure function of (lengths, budget, seed, epoch), so a
 resumed run regenerates exactly the batch sequence it was in.
@@ -248,39 +250,47 @@ def _empty_table(task: str, keep_refs: bool) -> pa.Table:
 # Bucketing
 
 
-def padded_size(lengths: np.ndarray) -> int:
-    """Tokens a batch of these examples occupies once padded: B x (sum of column maxima)."""
-    return int(len(lengths) * lengths.max(axis=0).sum()) if len(lengths) else 0
+def padded_size(lengths: np.ndarray, batch_tokens: str = "sum") -> int:
+    """Tokens a batch of these examples occupies once padded: B x (sum of column maxima), or
+    with `max`, B x the largest column maximum."""
+    if not len(lengths):
+        return 0
+    maxima = lengths.max(axis=0)
+    return int(len(lengths) * (maxima.sum() if batch_tokens == "sum" else maxima.max()))
 
 
 def token_budget_batches(
-    lengths: np.ndarray, tokens_per_batch: int, *, seed: int | None = None, epoch: int = 0
+    lengths: np.ndarray, tokens_per_batch: int, *, seed: int | None = None, epoch: int = 0,
+    batch_tokens: str = "sum",
 ) -> list[np.ndarray]:
     """Split examples into batches whose padded size is at most tokens_per_batch.
 
     lengths: (n, k) per-example lengths of the k padded columns (k = 2 for source + target).
+    `batch_tokens`: how the columns count (`padded_size`).
     Examples are sorted by total length, ties broken by a permutation drawn from (seed, epoch),
     then cut greedily; with a seed the batch order is shuffled too, otherwise (evaluation) it
     stays sorted. Returns arrays of example indices; every index appears in exactly one batch.
     """
     lengths = np.asarray(lengths, dtype=np.int64).reshape(len(lengths), -1)
-    too_long = np.flatnonzero(lengths.sum(axis=1) > tokens_per_batch)
+    alone = lengths.sum(axis=1) if batch_tokens == "sum" else lengths.max(axis=1)
+    too_long = np.flatnonzero(alone > tokens_per_batch)
     if len(too_long):
         i = int(too_long[0])
         raise ValueError(
-            f"example {i} alone needs {int(lengths[i].sum())} padded tokens, more than "
+            f"example {i} alone needs {int(alone[i])} padded tokens, more than "
             f"tokens_per_batch={tokens_per_batch}; raise the budget or lower the maximum length"
         )
     rng = np.random.default_rng([seed, epoch]) if seed is not None else None
     order = rng.permutation(len(lengths)) if rng is not None else np.arange(len(lengths))
     order = order[np.argsort(lengths[order].sum(axis=1), kind="stable")]
-    batches = _cut(order, lengths, tokens_per_batch)
+    batches = _cut(order, lengths, tokens_per_batch, sum if batch_tokens == "sum" else max)
     if rng is not None:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
 
 
-def _cut(order: np.ndarray, lengths: np.ndarray, budget: int) -> list[np.ndarray]:
+def _cut(order: np.ndarray, lengths: np.ndarray, budget: int,
+         combine: Any = sum) -> list[np.ndarray]:
     """Greedy cut of the sorted order: extend a batch while its padded size stays in budget.
 
     Plain Python ints: this loop runs once per example and epoch, and numpy scalar indexing
@@ -290,7 +300,7 @@ def _cut(order: np.ndarray, lengths: np.ndarray, budget: int) -> list[np.ndarray
     cuts, start, maxima = [], 0, [0] * len(columns)
     for position in range(len(order)):
         grown = [max(m, column[position]) for m, column in zip(maxima, columns)]
-        if (position - start + 1) * sum(grown) > budget:
+        if (position - start + 1) * combine(grown) > budget:
             cuts.append(position)
             start, grown = position, [column[position] for column in columns]
         maxima = grown
@@ -318,18 +328,21 @@ class BatchStream:
         tokens_per_batch: int,
         seed: int,
         position: BatchPosition = BatchPosition(),
+        batch_tokens: str = "sum",
     ) -> None:
         if len(lengths) == 0:
             raise ValueError("no training examples on this rank: the split is smaller than the "
                              "number of workers")
         self._lengths = lengths
         self._budget = tokens_per_batch
+        self._batch_tokens = batch_tokens
         self._seed = seed
         self.position = position
         self._epoch_batches = self._batches(position.epoch)
 
     def _batches(self, epoch: int) -> list[np.ndarray]:
-        return token_budget_batches(self._lengths, self._budget, seed=self._seed, epoch=epoch)
+        return token_budget_batches(self._lengths, self._budget, seed=self._seed, epoch=epoch,
+                                    batch_tokens=self._batch_tokens)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self

@@ -93,6 +93,12 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
     from pipeline.bench import configure  # torch and heat only: no Ray, DeepSpeed or MLflow
 
     configure(attention)
+    train = benches.add_parser(
+        "train", help="one variant's training steps in a plain PyTorch loop, through the "
+        "pipeline's Ray Train + DeepSpeed worker, and as torch.nn.Transformer: losses and speed")
+    from pipeline.bench.trainbench import configure as configure_train
+
+    configure_train(train)
 
 
 def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
@@ -288,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.report.cli import run as run_report
 
         return run_report(args)
+    if args.command == "bench" and args.bench == "train":
+        from pipeline.bench.trainbench import main as run_train_bench
+
+        return report_errors(lambda: run_train_bench(args), interrupted="")
     if args.command == "bench":
         from pipeline.bench import main as run_bench
 

@@ -58,6 +58,21 @@ def test_without_a_seed_batches_stay_sorted_by_length():
     assert maxima == sorted(maxima)
 
 
+def test_fairseq_counting_takes_the_longer_column_and_about_twice_the_rows():
+    lengths = random_lengths()
+    assert padded_size(np.array([[3, 7], [5, 2]]), "max") == 2 * 7
+    assert padded_size(np.array([[3, 7], [5, 2]]), "sum") == 2 * (5 + 7)
+    counted = token_budget_batches(lengths, 1000, seed=3, batch_tokens="max")
+    assert all(padded_size(lengths[b], "max") <= 1000 for b in counted)
+    assert sorted(np.concatenate(counted).tolist()) == list(range(len(lengths)))
+    summed = token_budget_batches(lengths, 1000, seed=3)
+    assert 1.6 < len(summed) / len(counted) < 2.2
+    stream = BatchStream(lengths, 1000, seed=3, batch_tokens="max")
+    assert [next(stream).tolist() for _ in counted] == [b.tolist() for b in counted]
+    with pytest.raises(ValueError, match="example 1 alone needs 40 padded tokens"):
+        token_budget_batches(np.array([[3, 4], [30, 40]]), 39, seed=0, batch_tokens="max")
+
+
 def test_an_example_longer_than_the_budget_is_an_error():
     lengths = np.array([[3, 4], [30, 40]])
     with pytest.raises(ValueError, match="example 1 alone needs 70 padded tokens"):

@@ -200,6 +200,10 @@ def task_of(raw: dict) -> dict:
      "tasks.translation.tokenizer.vocab_size: must be an integer >= 5, got 2"),
     (lambda r: task_of(r)["train"].update(tokens_per_batch=40),
      "tasks.translation.train.tokens_per_batch: must be >= 64 (2 x model.max_length=32)"),
+    (lambda r: task_of(r)["train"].update(tokens_per_batch=20, batch_tokens="max"),
+     "tasks.translation.train.tokens_per_batch: must be >= 32 (1 x model.max_length=32)"),
+    (lambda r: task_of(r)["train"].update(batch_tokens="fairseq"),
+     "tasks.translation.train.batch_tokens: must be one of"),
     (lambda r: task_of(r)["train"].update(num_workers=2),
      "tasks.translation.train.cpus_per_worker: 2 workers x cpus_per_worker=1.0 need 2 CPUs plus "
      "one for Ray Data, but the local Ray instance has ray.num_cpus=2; use at most 0.5"),

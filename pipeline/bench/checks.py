@@ -38,17 +38,17 @@ class BenchArgumentError(SystemExit):
         self.code = 2
 
 
-def report(message: str) -> None:
+def report(message: str, prefix: str = PREFIX) -> None:
     """Print the one line that reports a bad argument (`message`: 'FLAG: what was expected')."""
-    print(f"{PREFIX}: {' '.join(message.split())}", file=sys.stderr)
+    print(f"{prefix}: {' '.join(message.split())}", file=sys.stderr)
 
 
-def install_error(parser: argparse.ArgumentParser) -> None:
+def install_error(parser: argparse.ArgumentParser, prefix: str = PREFIX) -> None:
     """Make argparse's own errors of `parser` ('argument --repeats: invalid ...') the one
     `heat-pipeline:` line, exit status 2 (argparse's usage block is not printed)."""
 
     def error(message: str) -> NoReturn:
-        report(message.removeprefix("argument "))
+        report(message.removeprefix("argument "), prefix)
         raise SystemExit(2)
 
     parser.error = error  # type: ignore[method-assign]

@@ -298,7 +298,7 @@ def _check_models(path: str, task: TaskConfig) -> None:
 
 def _check_token_budget(path: str, task: TaskConfig) -> None:
     """The longest example must fit one batch, or batching could never place it."""
-    columns = 2 if task.kind == "translation" else 1
+    columns = task.train.budget_columns(task.kind)
     needed = columns * task.model.max_length
     if task.train.tokens_per_batch < needed:
         raise ConfigError(f"{path}.train.tokens_per_batch",

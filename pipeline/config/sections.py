@@ -114,7 +114,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Global gradient-norm clip; 0 disables it."""
     tokens_per_batch: int = 4096
-    """Padded tokens (source + target) per micro-batch and rank."""
+    """Padded tokens per micro-batch and rank, counted as `batch_tokens` says."""
+    batch_tokens: Literal["sum", "max"] = "sum"
+    """Translation: `sum` counts rows x (longest source + longest target); `max` counts rows x
+    the longer of the two, fairseq's `--max-tokens` (twice the rows for the same budget)."""
     val_every: int = 1000
     """Optimizer steps between validation losses (also after the last step)."""
     early_stopping_patience: int = 0
@@ -146,6 +149,7 @@ class TrainConfig:
             check_fraction(f"betas[{i}]", beta)
         check_float("eps", self.eps, 0.0, 1.0)
         check_fraction("weight_decay", self.weight_decay)
+        check_choice("batch_tokens", self.batch_tokens, ("sum", "max"))
         check_choice("schedule", self.schedule, ("linear", "cosine", "inverse_sqrt", "constant"))
         for name in ("max_steps", "grad_accum_steps", "tokens_per_batch", "val_every",
                      "keep_checkpoints", "log_every"):
@@ -163,6 +167,11 @@ class TrainConfig:
         if not isinstance(clip, (int, float)) or isinstance(clip, bool) \
                 or not 0.0 <= clip < float("inf"):
             raise ConfigError("grad_clip", f"must be a number >= 0 (0: off), got {clip!r}")
+
+    def budget_columns(self, task: str) -> int:
+        """How many times the longest length one example takes of `tokens_per_batch`: 2 for
+        translation counted as `sum` (source + target), else 1."""
+        return 2 if task == "translation" and self.batch_tokens == "sum" else 1
 
     @property
     def torch_threads(self) -> int:

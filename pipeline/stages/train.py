@@ -80,7 +80,7 @@ def _fit(job: TrainJob, sink: ProgressSink | None, run_callbacks: list[Any] | No
             checkpoint_config=CheckpointConfig(num_to_keep=job.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=job.train.max_failures),
             callbacks=run_callbacks,
-            worker_runtime_env={"env_vars": _worker_env(job.train)},
+            worker_runtime_env={"env_vars": worker_env(job.train)},
         ),
     )
     return trainer.fit()  # raises TrainingFailedError when the workers fail
@@ -124,7 +124,7 @@ def check_cpus_left_for_data(train: TrainConfig, total: float, *, autoscaled: bo
     )
 
 
-def _worker_env(train: TrainConfig) -> dict[str, str]:
+def worker_env(train: TrainConfig) -> dict[str, str]:
     threads = str(train.torch_threads)
     # DS_ACCELERATOR must be set before deepspeed is first imported in the worker.
     return {

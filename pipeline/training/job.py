@@ -68,6 +68,8 @@ class TrainJob:
     child_runs: ChildRunPlan | None = None
     num_labels: int | None = None
     """Classification: number of classes (labels 0 .. num_labels - 1)."""
+    tracked: bool = True
+    """False: nothing goes to MLflow (`heat-pipeline bench train` times bare training)."""
 
     def __post_init__(self) -> None:
         check_choice("task", self.task, TASKS)
@@ -77,7 +79,7 @@ class TrainJob:
         duplicate = next((n for n in names if names.count(n) > 1), None)
         if duplicate:
             raise ConfigError(f"variants.{duplicate}", "variant names must be unique")
-        missing = [n for n in names if n not in self.mlflow_run_ids
+        missing = [n for n in names if self.tracked and n not in self.mlflow_run_ids
                    and (self.child_runs is None or n not in self.child_runs.params)]
         if missing:
             raise ConfigError("mlflow_run_ids", f"no MLflow run id for variant(s) {missing}")
@@ -93,7 +95,7 @@ class TrainJob:
     @classmethod
     def for_task(cls, task: TaskConfig, *, data_uri: str, tokenizer_model: bytes, train_uri: str,
                  tracking_uri: str, mlflow_run_ids: dict[str, str] | None = None,
-                 child_runs: ChildRunPlan | None = None) -> TrainJob:
+                 child_runs: ChildRunPlan | None = None, tracked: bool = True) -> TrainJob:
         """The job of a pipeline task whose Ray Train run lives at `train_uri`
         (`<storage_uri>/<run_name>`, the train stage's folder)."""
         storage_uri, _, run_name = train_uri.rstrip("/").rpartition("/")
@@ -103,10 +105,11 @@ class TrainJob:
             storage_uri=storage_uri, run_name=run_name, tracking_uri=tracking_uri,
             mlflow_run_ids=mlflow_run_ids or {}, child_runs=child_runs,
             num_labels=task.data.num_labels if task.kind == "classification" else None,
+            tracked=tracked,
         )
 
     def _check_budget(self) -> None:
-        columns = 2 if self.task == "translation" else 1
+        columns = self.train.budget_columns(self.task)
         if self.train.tokens_per_batch < columns * self.model.max_length:
             raise ConfigError(
                 "train.tokens_per_batch",

@@ -30,11 +30,12 @@ from pipeline import storage
 from pipeline.batching import BatchPosition, BatchStream, token_budget_batches
 from pipeline.config import Variant
 from pipeline.training.checkpoints import resume_from, write_manifest
-from pipeline.training.engine import create_engine, quiet_deepspeed
+from pipeline.training.engine import create_engine, quiet_deepspeed, torch_clips
 from pipeline.training.rank import Worker
 from pipeline.training.rankdata import RankData, load_data
 from pipeline.training.job import TrainJob
 from pipeline.training.objectives import Objective, build_objective
+from pipeline.training.phases import NO_PHASES, Meter, NoPhases
 from pipeline.training.progress import ProgressSink, step_line
 from pipeline.training.outputs import BEST_CHECKPOINT_DIR, copy_to_storage, save_model
 from pipeline.training.run_log import LOSS_CURVE_FILE, VariantLog
@@ -53,7 +54,7 @@ logger = logging.getLogger(__name__)
 # Worker set-up
 
 
-def _start_worker(job: TrainJob) -> Worker:
+def start_worker(job: TrainJob) -> Worker:
     import ray.train
     import ray.train.torch
 
@@ -73,7 +74,7 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     job: TrainJob = config["job"]
-    worker = _start_worker(job)
+    worker = start_worker(job)
     sink: ProgressSink | None = config.get("progress") if worker.is_main else None
     data = load_data(job, worker)
     run_uri = storage.join(job.storage_uri, job.run_name)
@@ -135,7 +136,7 @@ class VariantRun:
         self.attempt_start, self.attempt_first_step = time.perf_counter(), 0
         self.train = job.train
         self.model_config = job.model_config(variant)
-        self.log = VariantLog.of(job, variant) if worker.is_main else None
+        self.log = VariantLog.of(job, variant) if worker.is_main and job.tracked else None
         torch.manual_seed(self.train.seed)  # identical initial weights on every rank
         self.objective: Objective = build_objective(self.model_config)
         self.engine = create_engine(self.objective, self.train)
@@ -162,7 +163,8 @@ class VariantRun:
             self._say(f"training, {self.train.max_steps} steps")
         self.attempt_start, self.attempt_first_step = time.perf_counter(), self.state.step
         self.stream = BatchStream(self.data.train.lengths(), self.train.tokens_per_batch,
-                                  self.train.seed, position)
+                                  self.train.seed, position, self.train.batch_tokens)
+        self.engine.train()
         if self.log is not None:
             model = self.objective.model
             self.log.tags({
@@ -192,7 +194,7 @@ class VariantRun:
         return self.worker.gather([result])[0]
 
     def _train(self) -> None:
-        meter = _Meter()
+        meter = Meter()
         if self.device_is_cuda:
             torch.cuda.reset_peak_memory_stats(self.worker.device)
         while self.state.step < self.train.max_steps and not self.state.stopped_early:
@@ -218,20 +220,42 @@ class VariantRun:
     def device_is_cuda(self) -> bool:
         return self.worker.device.type == "cuda"
 
-    def _optimizer_step(self) -> tuple[float, int]:
-        """grad_accum_steps micro-batches; DeepSpeed steps the optimizer after the last one."""
+    def _optimizer_step(self, phases: NoPhases = NO_PHASES) -> tuple[torch.Tensor, int]:
+        """grad_accum_steps micro-batches; DeepSpeed steps the optimizer after the last one.
+        The engine is in training mode (`_begin`, `_validate`): `train()` walks every module,
+        0.6 ms here, too much to repeat at every step. The loss stays a tensor on the device
+        (a float would wait for the GPU at every step): the meter syncs once per log."""
         assert self.stream is not None
-        self.engine.train()
-        losses, tokens = [], 0
-        for _ in range(self.train.grad_accum_steps):
-            indices = next(self.stream)
-            batch = self._to_device(self.data.train.collate(indices, *self._special_ids))
-            loss = self.engine(**batch)
-            self.engine.backward(loss)
-            self.engine.step()
-            losses.append(loss.detach().item())
+        total, tokens = torch.zeros((), device=self.worker.device), 0
+        for micro in range(1, self.train.grad_accum_steps + 1):
+            with phases("data"):
+                indices = next(self.stream)
+                batch = self._to_device(self.data.train.collate(indices, *self._special_ids))
+            with phases("forward"):
+                loss = self.engine(**batch)
+            with phases("backward"):
+                self.engine.backward(loss)
+            with phases("optimizer"):
+                if micro == self.train.grad_accum_steps and torch_clips(self.train):
+                    torch.nn.utils.clip_grad_norm_(self.objective.parameters(),
+                                                   self.train.grad_clip)
+                self.engine.step()
+            total = total + loss.detach().float()
             tokens += self.data.train.tokens(indices)
-        return sum(losses) / len(losses), tokens
+        return total / self.train.grad_accum_steps, tokens
+
+    def timed_steps(self, steps: int, phases: NoPhases) -> list[tuple[float, int, float]]:
+        """`steps` optimizer steps from the start, nothing else (no validation, logging or
+        checkpoints): (loss, tokens, seconds) of each. What `heat-pipeline bench train` times
+        against a plain PyTorch loop."""
+        self._begin(None)
+        done = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            loss, tokens = self._optimizer_step(phases)
+            done.append((float(loss), tokens, time.perf_counter() - start))  # synced: timed
+        self.engine.destroy()
+        return done
 
     @property
     def _special_ids(self) -> tuple[int, int]:
@@ -241,10 +265,10 @@ class VariantRun:
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: tensor.to(self.worker.device) for name, tensor in batch.items()}
 
-    def _flush(self, meter: _Meter) -> dict[str, float]:
+    def _flush(self, meter: Meter) -> dict[str, float]:
         """Add the meter's interval, summed over ranks, to the state's totals; its figures."""
         loss_sum, count, tokens, seconds = self.worker.all_reduce(
-            [meter.loss_sum, meter.count, meter.tokens, meter.seconds]
+            [float(meter.loss_sum), meter.count, meter.tokens, meter.seconds]
         )
         meter.reset()
         seconds /= self.worker.world_size  # ranks step in lockstep: their mean wall time
@@ -282,10 +306,12 @@ class VariantRun:
         self.engine.eval()
         total, count = 0.0, 0
         examples = self.data.validation
-        for indices in token_budget_batches(examples.lengths(), self.train.tokens_per_batch):
+        for indices in token_budget_batches(examples.lengths(), self.train.tokens_per_batch,
+                                            batch_tokens=self.train.batch_tokens):
             batch = self._to_device(examples.collate(indices, *self._special_ids))
             loss, terms = self.engine.module.summed(**batch)
             total, count = total + float(loss), count + terms
+        self.engine.train()
         total, count = self.worker.all_reduce([total, count])
         val_loss = total / count
         state = self.state
@@ -357,19 +383,3 @@ class VariantRun:
             self.log.artifact(folder / LOSS_CURVE_FILE)
             self.log.artifact(folder / BEST_CHECKPOINT_DIR, BEST_CHECKPOINT_DIR)
         return {"checkpoint_uri": self.job.checkpoint_uri(self.variant.name)}
-
-
-class _Meter:
-    """Training loss, tokens and step seconds since the last log, on this rank."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss_sum, self.count, self.tokens, self.seconds = 0.0, 0, 0, 0.0
-
-    def add(self, loss: float, tokens: int, seconds: float) -> None:
-        self.loss_sum += loss
-        self.count += 1
-        self.tokens += tokens
-        self.seconds += seconds

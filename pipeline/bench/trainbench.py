@@ -1,0 +1,257 @@
+"""`heat-pipeline bench train CONFIG`: the pipeline's training against a plain PyTorch loop.
+
+One task's first variant (or `--variant`) trains `--steps` optimizer steps three ways, one after
+another on the same machine, from the same tokenized splits (the pipeline's own prepare and
+tokenize stages, cached), the same seed and the same batches in the same order:
+
+    plain      the project's model in a plain single-process loop (`pipeline.bench.trainloop`)
+    pipeline   the same through Ray Train + DeepSpeed: the pipeline's own worker code
+               (`VariantRun.timed_steps`), the job's workers, precision and ZeRO stage
+    reference  `torch.nn.Transformer` of the same sizes in the plain loop (translation only)
+
+Per loop: the loss of every step, tokens/s (real source + target tokens over the steps' wall
+time), and the steps' time split into data, forward, backward, optimizer and the rest
+(`framework`: host syncs, bookkeeping). Only the steps are timed: not start-up, validation,
+logging or checkpoints. Output: a table, `--out` JSON and `--plot` PNG. Nothing goes to MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from heat.validation import ConfigError
+from pipeline.bench.checks import install_error, integer
+from pipeline.bench.trainloop import LoopRecord, plain_loop
+from pipeline.training.phases import NAMES
+
+REPORTED_STEPS = (100, 400)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    install_error(parser, "heat-pipeline: bench train")
+    parser.add_argument("config", help="pipeline config (YAML) or a packaged one's name")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted overrides, as for `heat-pipeline run`")
+    parser.add_argument("--task", help="the task to train (default: the config's first)")
+    parser.add_argument("--variant", help="the variant to train (default: the task's first)")
+    parser.add_argument("--steps", type=integer(1), default=100, help="optimizer steps per loop")
+    parser.add_argument("--repeats", type=integer(1), default=1,
+                        help="run the loops in turn this many times (speed: the median)")
+    parser.add_argument("--warmup", type=integer(0), default=20,
+                        help="first steps left out of the speed figures (start-up)")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip the torch.nn.Transformer reference loop")
+    parser.add_argument("--out", type=Path, help="write the records as JSON here")
+    parser.add_argument("--plot", type=Path, help="write loss curves and step times here (PNG)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show Ray's, Ray Train's and DeepSpeed's own output too")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the bench of `args`; a ConfigError (a bad config, `--task`) reaches the caller,
+    which reports it as one line (`pipeline.cli`)."""
+    from pipeline import console
+    from pipeline.config import load_config, packaged_config
+
+    console.configure(verbose=args.verbose)
+    path = args.config
+    if not Path(path).exists() and "/" not in path and not path.endswith(".yaml"):
+        path = packaged_config(path)  # `smoke`: configs/smoke.yaml
+    config = load_config(path, args.overrides)
+    task = _pick(config.tasks, args.task, "--task")
+    variant = _pick({v.name: v for v in task.variants}, args.variant, "--variant")
+    if args.warmup >= args.steps:
+        raise ConfigError("--warmup", f"must be below --steps={args.steps}, got {args.warmup}")
+    for path in (args.out, args.plot):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    result = bench_training(config, task.name, variant.name, args.steps,
+                            reference=not args.no_reference, repeats=args.repeats,
+                            warmup=args.warmup)
+    print(format_table(result))
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    if args.plot is not None:
+        plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _pick(choices: dict[str, Any], name: str | None, flag: str) -> Any:
+    if name is None:
+        return next(iter(choices.values()))
+    if name not in choices:
+        raise ConfigError(flag, f"must be one of {sorted(choices)}, got {name!r}")
+    return choices[name]
+
+
+def bench_training(config: Any, task_name: str, variant_name: str, steps: int, *,
+                   reference: bool = True, repeats: int = 1, warmup: int = 20
+                   ) -> dict[str, Any]:
+    """The loops' records and their comparison (what `--out` holds). With `repeats` > 1 the
+    loops run in turn that many times (plain, pipeline, reference, plain, ...), so that load
+    drifting on a shared machine hits them alike."""
+    import dataclasses
+
+    import torch
+
+    from pipeline import storage
+    from pipeline.run import ray_session, run_shared_stages
+    from pipeline.stages import StageContext
+    from pipeline.training.job import TrainJob
+    from pipeline.training.rank import Worker
+    from pipeline.training.rankdata import load_data
+
+    task = config.tasks[task_name]
+    task = dataclasses.replace(task, variants=[v for v in task.variants if v.name == variant_name])
+    runs: dict[str, list[LoopRecord]] = {}
+    with ray_session(config.ray) as cpus, tempfile.TemporaryDirectory(prefix="heat-bench-") as tmp:
+        context = StageContext(config, task, "bench", None, cpus)  # type: ignore[arg-type]
+        run_shared_stages(context, [])
+        tokenized = context.outcomes["tokenize"].uri
+        job = TrainJob.for_task(
+            task, data_uri=tokenized, train_uri=f"{tmp}/bench", tracking_uri="", tracked=False,
+            tokenizer_model=storage.read_bytes(storage.join(tokenized, "spm.model")))
+        data = load_data(job, Worker(0, 1, torch.device("cpu")))
+        for repeat in range(repeats):
+            job = dataclasses.replace(job, run_name=f"bench-{repeat}")
+            loops = [lambda: plain_loop(job, data, steps), lambda: pipeline_loop(job, steps)]
+            if reference and task.kind == "translation":
+                loops.append(lambda: plain_loop(job, data, steps, reference=True))
+            for loop in loops:
+                record = loop()
+                runs.setdefault(record.name, []).append(record)
+    return {"config": config.name, "task": task_name, "variant": variant_name, "steps": steps,
+            "repeats": repeats, "warmup_steps": warmup,
+            "train": dataclasses.asdict(task.train), "model": dataclasses.asdict(task.model),
+            "torch_threads": task.train.torch_threads, "cpu_count": os.cpu_count(),
+            "loops": [records[0].to_dict() for records in runs.values()],
+            "tokens_per_s_runs": {name: [r.tokens_per_s(warmup) for r in records]
+                                  for name, records in runs.items()},
+            "summary": summarise(runs, warmup)}
+
+
+def pipeline_loop(job: Any, steps: int) -> LoopRecord:
+    """`steps` steps through Ray Train + DeepSpeed, the pipeline's worker code."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.stages.train import worker_env
+
+    trainer = TorchTrainer(
+        _pipeline_worker, train_loop_config={"job": job, "steps": steps},
+        scaling_config=ScalingConfig(num_workers=job.train.num_workers,
+                                     use_gpu=job.train.use_gpu,
+                                     resources_per_worker={"CPU": job.train.cpus_per_worker}),
+        run_config=RunConfig(name=job.run_name, storage_path=job.storage_uri,
+                             worker_runtime_env={"env_vars": worker_env(job.train)}))
+    with trainer.fit().checkpoint.as_directory() as folder:
+        record = json.loads((Path(folder) / "record.json").read_text())
+    return LoopRecord(record["name"], record["losses"], record["tokens"], record["seconds"],
+                      record["split_s"])
+
+
+def _pipeline_worker(config: dict[str, Any]) -> None:
+    import ray.train
+
+    from pipeline.training.phases import Phases
+    from pipeline.training.rankdata import load_data
+    from pipeline.training.state import Progress
+    from pipeline.training.worker import VariantRun, start_worker
+
+    job, steps = config["job"], config["steps"]
+    worker = start_worker(job)
+    run = VariantRun(job, job.variants[0], worker, load_data(job, worker), Progress())
+    phases = Phases(worker.device)
+    record = LoopRecord.of("pipeline", run.timed_steps(steps, phases), phases)
+    with tempfile.TemporaryDirectory(prefix="heat-bench-") as folder:
+        checkpoint = None
+        if worker.is_main:  # the records go back as a checkpoint: Ray Train's result channel
+            (Path(folder) / "record.json").write_text(json.dumps(record.to_dict()))
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report({}, checkpoint=checkpoint)
+
+
+def summarise(runs: dict[str, list[LoopRecord]], warmup: int) -> dict[str, Any]:
+    """Per loop: loss at the reported steps, tokens/s after `warmup` steps (the median over
+    repeats) and its ratio to the plain loop's (the median of each repeat's ratio, and their
+    range), the median step, ms per step of each part; for the pipeline and the reference the
+    largest loss gap to the plain loop; whether every repeat gave the same losses."""
+    plain = runs["plain"]
+    summary: dict[str, Any] = {}
+    for name, records in runs.items():
+        first = records[0]
+        ratios = [r.tokens_per_s(warmup) / p.tokens_per_s(warmup) for r, p in zip(records, plain)]
+        entry = {
+            "loss_at": {str(s): first.losses[s - 1] for s in REPORTED_STEPS
+                        if s <= len(first.losses)},
+            "final_loss": first.losses[-1],
+            "tokens_per_s": statistics.median(r.tokens_per_s(warmup) for r in records),
+            "tokens_per_s_vs_plain": statistics.median(ratios),
+            "tokens_per_s_vs_plain_range": [min(ratios), max(ratios)],
+            "median_step_ms": statistics.median(
+                1000 * s for r in records for s in r.seconds[warmup:] or r.seconds),
+            "ms_per_step": {k: statistics.median(1000 * r.split[k] / len(r.seconds)
+                                                 for r in records) for k in first.split},
+            "same_losses_every_repeat": all(r.losses == first.losses for r in records),
+        }
+        if name != "plain":
+            entry["max_abs_loss_gap_vs_plain"] = max(
+                abs(a - b) for a, b in zip(first.losses, plain[0].losses))
+        summary[name] = entry
+    return summary
+
+
+def format_table(result: dict[str, Any]) -> str:
+    parts = (*NAMES, "framework")
+    head = (f"{'loop':<10} {'loss@100':>9} {'final':>7} {'max|dloss|':>10} {'tok/s':>8} "
+            f"{'ratio':>6} " + " ".join(f"{p[:5]:>6}" for p in parts) + "  (ms/step)")
+    lines = [f"bench train: {result['config']} / {result['task']} / {result['variant']}, "
+             f"{result['steps']} steps x {result['repeats']} (speed after step "
+             f"{result['warmup_steps']}, median of the repeats)", head]
+    for name, s in result["summary"].items():
+        at = s["loss_at"].get("100")
+        gap = s.get("max_abs_loss_gap_vs_plain")
+        lines.append(
+            f"{name:<10} {'' if at is None else f'{at:.4f}':>9} {s['final_loss']:>7.4f} "
+            f"{'' if gap is None else f'{gap:.1e}':>10} {s['tokens_per_s']:>8,.0f} "
+            f"{s['tokens_per_s_vs_plain']:>5.2f}x "
+            + " ".join(f"{s['ms_per_step'][p]:>6.1f}" for p in parts))
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (curves, speed, split) = plt.subplots(1, 3, figsize=(15, 4.2))
+    for loop in result["loops"]:
+        curves.plot(range(1, len(loop["losses"]) + 1), loop["losses"], label=loop["name"],
+                    linewidth=1, linestyle="--" if loop["name"] == "pipeline" else "-")
+    curves.set(xlabel="optimizer step", ylabel="training loss", title="loss, same batches")
+    curves.legend()
+    names = list(result["summary"])
+    summary = result["summary"]
+    speed.bar(names, [summary[n]["tokens_per_s"] for n in names], color="tab:blue")
+    speed.set(ylabel="tokens/s (source + target)", title="throughput")
+    bottom = [0.0] * len(names)
+    for part in (*NAMES, "framework"):
+        values = [summary[n]["ms_per_step"][part] for n in names]
+        split.bar(names, values, bottom=bottom, label=part)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    split.set(ylabel="ms per optimizer step", title="where a step's time goes")
+    split.legend(fontsize="small")
+    fig.suptitle(f"bench train: {result['config']} / {result['task']} / {result['variant']}, "
+                 f"{result['steps']} steps")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

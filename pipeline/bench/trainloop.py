@@ -1,0 +1,96 @@
+"""The plain PyTorch training loop `heat-pipeline bench train` holds the pipeline against.
+
+One process, no Ray, no DeepSpeed: the same objective, initial weights (seeded as
+`pipeline.training.worker.VariantRun` seeds them), AdamW and warm-up schedule
+(`pipeline.training.engine`), gradient clipping, token-budget batches in the same order
+(`pipeline.batching.BatchStream` with the job's seed) and dropout stream as the pipeline's
+worker, written the way a PyTorch user would write it. With `reference=True` the model is
+`torch.nn.Transformer` of the same sizes (`pipeline.bench.reference`) instead of the project's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from pipeline.batching import BatchStream
+from pipeline.training.engine import WarmupDecay
+from pipeline.training.job import TrainJob
+from pipeline.training.objectives import TranslationObjective, build_objective
+from pipeline.training.phases import Phases
+from pipeline.training.rankdata import RankData
+
+
+@dataclass
+class LoopRecord:
+    """One loop's steps: loss, tokens (source + target, real) and wall seconds of each, and
+    the seconds of each part of them (`Phases.split`)."""
+
+    name: str
+    losses: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    split: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, name: str, steps: list[tuple[float, int, float]], phases: Phases) -> LoopRecord:
+        losses, tokens, seconds = (list(column) for column in zip(*steps))
+        return cls(name, losses, tokens, seconds, phases.split(sum(seconds)))
+
+    def tokens_per_s(self, skip: int = 0) -> float:
+        """Tokens over wall seconds of the steps after the first `skip`."""
+        return sum(self.tokens[skip:]) / max(sum(self.seconds[skip:]), 1e-9)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "losses": self.losses, "tokens": self.tokens,
+                "seconds": self.seconds, "split_s": self.split}
+
+
+def plain_loop(job: TrainJob, data: RankData, steps: int, *, reference: bool = False,
+               device: torch.device = torch.device("cpu")) -> LoopRecord:
+    """`steps` optimizer steps of the job's first variant (or of the reference model)."""
+    train, variant = job.train, job.variants[0]
+    config = job.model_config(variant)
+    torch.set_num_threads(train.torch_threads)
+    torch.manual_seed(train.seed)  # the worker's initial weights
+    if reference:
+        from pipeline.bench.reference import TorchTransformerReference
+
+        objective = TranslationObjective(TorchTransformerReference(config))
+    else:
+        objective = build_objective(config)
+    objective.to(device)
+    torch.manual_seed(train.seed + 1000)  # the worker's dropout stream (rank 0)
+    optimizer = torch.optim.AdamW(objective.parameters(), lr=train.lr, betas=tuple(train.betas),
+                                  eps=train.eps, weight_decay=train.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupDecay(train.schedule, train.warmup_steps, train.max_steps))
+    stream = BatchStream(data.train.lengths(), train.tokens_per_batch, train.seed,
+                         batch_tokens=train.batch_tokens)
+    pad_id, bos_id = config.pad_id, getattr(config, "bos_id", 0)
+    phases, done = Phases(device), []
+    objective.train()
+    for _ in range(steps):
+        start = time.perf_counter()
+        losses, tokens = [], 0
+        for _ in range(train.grad_accum_steps):
+            with phases("data"):
+                indices = next(stream)
+                batch = {k: v.to(device) for k, v in
+                         data.train.collate(indices, pad_id, bos_id).items()}
+            with phases("forward"):
+                loss = objective(**batch)
+            with phases("backward"):
+                (loss / train.grad_accum_steps).backward()
+            losses.append(loss.detach().item())
+            tokens += data.train.tokens(indices)
+        with phases("optimizer"):
+            if train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(objective.parameters(), train.grad_clip)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+        done.append((sum(losses) / len(losses), tokens, time.perf_counter() - start))
+    return LoopRecord.of("reference" if reference else "plain", done, phases)
