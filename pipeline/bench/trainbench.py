@@ -28,7 +28,7 @@ from typing import Any
 from heat.validation import ConfigError
 from pipeline.bench.checks import install_error, integer
 from pipeline.bench.trainloop import LoopRecord, plain_loop
-from pipeline.training.phases import NAMES
+from pipeline.training.phases import PARTS
 
 REPORTED_STEPS = (100, 400)
 
@@ -68,9 +68,9 @@ def main(args: argparse.Namespace) -> int:
     variant = _pick({v.name: v for v in task.variants}, args.variant, "--variant")
     if args.warmup >= args.steps:
         raise ConfigError("--warmup", f"must be below --steps={args.steps}, got {args.warmup}")
-    for path in (args.out, args.plot):
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+    for output in (args.out, args.plot):
+        if output is not None:
+            output.parent.mkdir(parents=True, exist_ok=True)
     result = bench_training(config, task.name, variant.name, args.steps,
                             reference=not args.no_reference, repeats=args.repeats,
                             warmup=args.warmup)
@@ -140,22 +140,18 @@ def bench_training(config: Any, task_name: str, variant_name: str, steps: int, *
 
 def pipeline_loop(job: Any, steps: int) -> LoopRecord:
     """`steps` steps through Ray Train + DeepSpeed, the pipeline's worker code."""
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import RunConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.stages.train import worker_env
+    from pipeline.stages.train import scaling_config, worker_env
 
     trainer = TorchTrainer(
         _pipeline_worker, train_loop_config={"job": job, "steps": steps},
-        scaling_config=ScalingConfig(num_workers=job.train.num_workers,
-                                     use_gpu=job.train.use_gpu,
-                                     resources_per_worker={"CPU": job.train.cpus_per_worker}),
+        scaling_config=scaling_config(job.train),
         run_config=RunConfig(name=job.run_name, storage_path=job.storage_uri,
                              worker_runtime_env={"env_vars": worker_env(job.train)}))
     with trainer.fit().checkpoint.as_directory() as folder:
-        record = json.loads((Path(folder) / "record.json").read_text())
-    return LoopRecord(record["name"], record["losses"], record["tokens"], record["seconds"],
-                      record["split_s"])
+        return LoopRecord.from_dict(json.loads((Path(folder) / "record.json").read_text()))
 
 
 def _pipeline_worker(config: dict[str, Any]) -> None:
@@ -210,9 +206,8 @@ def summarise(runs: dict[str, list[LoopRecord]], warmup: int) -> dict[str, Any]:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    parts = (*NAMES, "framework")
     head = (f"{'loop':<10} {'loss@100':>9} {'final':>7} {'max|dloss|':>10} {'tok/s':>8} "
-            f"{'ratio':>6} " + " ".join(f"{p[:5]:>6}" for p in parts) + "  (ms/step)")
+            f"{'ratio':>6} " + " ".join(f"{p[:5]:>6}" for p in PARTS) + "  (ms/step)")
     lines = [f"bench train: {result['config']} / {result['task']} / {result['variant']}, "
              f"{result['steps']} steps x {result['repeats']} (speed after step "
              f"{result['warmup_steps']}, median of the repeats)", head]
@@ -223,7 +218,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"{name:<10} {'' if at is None else f'{at:.4f}':>9} {s['final_loss']:>7.4f} "
             f"{'' if gap is None else f'{gap:.1e}':>10} {s['tokens_per_s']:>8,.0f} "
             f"{s['tokens_per_s_vs_plain']:>5.2f}x "
-            + " ".join(f"{s['ms_per_step'][p]:>6.1f}" for p in parts))
+            + " ".join(f"{s['ms_per_step'][p]:>6.1f}" for p in PARTS))
     return "\n".join(lines)
 
 
@@ -244,7 +239,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     speed.bar(names, [summary[n]["tokens_per_s"] for n in names], color="tab:blue")
     speed.set(ylabel="tokens/s (source + target)", title="throughput")
     bottom = [0.0] * len(names)
-    for part in (*NAMES, "framework"):
+    for part in PARTS:
         values = [summary[n]["ms_per_step"][part] for n in names]
         split.bar(names, values, bottom=bottom, label=part)
         bottom = [b + v for b, v in zip(bottom, values)]

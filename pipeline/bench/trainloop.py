@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pipeline.batching import BatchStream
-from pipeline.training.engine import WarmupDecay
+from pipeline.training.engine import optimizer_and_schedule
 from pipeline.training.job import TrainJob
 from pipeline.training.objectives import TranslationObjective, build_objective
 from pipeline.training.phases import Phases
@@ -47,6 +47,11 @@ class LoopRecord:
         return {"name": self.name, "losses": self.losses, "tokens": self.tokens,
                 "seconds": self.seconds, "split_s": self.split}
 
+    @classmethod
+    def from_dict(cls, record: dict) -> LoopRecord:
+        return cls(record["name"], record["losses"], record["tokens"], record["seconds"],
+                   record["split_s"])
+
 
 def plain_loop(job: TrainJob, data: RankData, steps: int, *, reference: bool = False,
                device: torch.device = torch.device("cpu")) -> LoopRecord:
@@ -63,10 +68,7 @@ def plain_loop(job: TrainJob, data: RankData, steps: int, *, reference: bool = F
         objective = build_objective(config)
     objective.to(device)
     torch.manual_seed(train.seed + 1000)  # the worker's dropout stream (rank 0)
-    optimizer = torch.optim.AdamW(objective.parameters(), lr=train.lr, betas=tuple(train.betas),
-                                  eps=train.eps, weight_decay=train.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupDecay(train.schedule, train.warmup_steps, train.max_steps))
+    optimizer, schedule = optimizer_and_schedule(objective, train)
     stream = BatchStream(data.train.lengths(), train.tokens_per_batch, train.seed,
                          batch_tokens=train.batch_tokens)
     pad_id, bos_id = config.pad_id, getattr(config, "bos_id", 0)

@@ -61,7 +61,7 @@ def train(job: TrainJob, *, run_callbacks: list[Any] | None = None,
 def _fit(job: TrainJob, sink: ProgressSink | None, run_callbacks: list[Any] | None) -> Any:
     """The Ray Train run of `job` (each rank reads its rows of the splits itself,
     `pipeline.training.rankdata`); its `ray.train.Result`."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from pipeline.training.worker import train_worker
@@ -69,11 +69,7 @@ def _fit(job: TrainJob, sink: ProgressSink | None, run_callbacks: list[Any] | No
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"job": job, "progress": sink},
-        scaling_config=ScalingConfig(
-            num_workers=job.train.num_workers,
-            use_gpu=job.train.use_gpu,
-            resources_per_worker={"CPU": job.train.cpus_per_worker},
-        ),
+        scaling_config=scaling_config(job.train),
         run_config=RunConfig(
             name=job.run_name,
             storage_path=job.storage_uri,
@@ -122,6 +118,14 @@ def check_cpus_left_for_data(train: TrainConfig, total: float, *, autoscaled: bo
         f"{train.num_workers} workers x {train.cpus_per_worker} CPU leave less than one of "
         f"{where} {total:g} CPUs for Ray Data's read tasks and the run would hang; {hint}",
     )
+
+
+def scaling_config(train: TrainConfig) -> Any:
+    """The workers of a fit: `num_workers`, each with `cpus_per_worker` CPUs (and a GPU)."""
+    from ray.train import ScalingConfig
+
+    return ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
+                         resources_per_worker={"CPU": train.cpus_per_worker})
 
 
 def worker_env(train: TrainConfig) -> dict[str, str]:

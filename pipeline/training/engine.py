@@ -94,16 +94,10 @@ def skip_shared_memory_comm_build() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def create_engine(model: nn.Module, train: TrainConfig) -> DeepSpeedEngine:
-    """Wrap `model` (whose forward returns the loss) in a DeepSpeed engine with AdamW + LambdaLR."""
-    import deepspeed
-
-    if not train.use_gpu:
-        skip_shared_memory_comm_build()
-    if train.precision != "fp32":
-        # DeepSpeed casts parameters only; floating buffers (the sinusoidal position table)
-        # would stay fp32, promote activations to fp32 and clash with the bf16 LayerNorm.
-        model.to(torch.bfloat16 if train.precision == "bf16" else torch.float16)
+def optimizer_and_schedule(model: nn.Module, train: TrainConfig
+                           ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over `model`'s parameters and its warm-up/decay schedule (`WarmupDecay`): what
+    DeepSpeed is handed, and what `heat-pipeline bench train`'s plain loop steps itself."""
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=train.lr,
@@ -114,6 +108,20 @@ def create_engine(model: nn.Module, train: TrainConfig) -> DeepSpeedEngine:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, WarmupDecay(train.schedule, train.warmup_steps, train.max_steps)
     )
+    return optimizer, schedule
+
+
+def create_engine(model: nn.Module, train: TrainConfig) -> DeepSpeedEngine:
+    """Wrap `model` (whose forward returns the loss) in a DeepSpeed engine with AdamW + LambdaLR."""
+    import deepspeed
+
+    if not train.use_gpu:
+        skip_shared_memory_comm_build()
+    if train.precision != "fp32":
+        # DeepSpeed casts parameters only; floating buffers (the sinusoidal position table)
+        # would stay fp32, promote activations to fp32 and clash with the bf16 LayerNorm.
+        model.to(torch.bfloat16 if train.precision == "bf16" else torch.float16)
+    optimizer, schedule = optimizer_and_schedule(model, train)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(train)
     )

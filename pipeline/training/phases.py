@@ -18,6 +18,8 @@ from typing import Any
 import torch
 
 NAMES = ("data", "forward", "backward", "optimizer")
+PARTS = (*NAMES, "framework")
+"""What `Phases.split` reports."""
 
 
 class NoPhases:
