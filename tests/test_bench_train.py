@@ -23,7 +23,8 @@ def bench(tmp_path_factory):
     path = write_yaml(folder / "tiny.yaml", config)
     out, plot = folder / "bench" / "train.json", folder / "bench" / "train.png"
     done = heat_pipeline("bench", "train", str(path), "--steps", str(STEPS), "--warmup", "2",
-                         "--out", str(out), "--plot", str(plot), cwd=folder)
+                         "--seeds", "2", "--evaluate", "--out", str(out), "--plot", str(plot),
+                         cwd=folder)
     assert done.returncode == 0, done.stderr[-4000:]
     return done, json.loads(out.read_text()), plot
 
@@ -68,3 +69,26 @@ def test_bad_arguments_are_one_line_before_any_work(tmp_path):
         assert done.returncode == 2, done.stderr
         assert expected in done.stderr and "Traceback" not in done.stderr
         assert not (tmp_path / "runs").exists()
+
+
+def test_the_bench_scores_both_models_over_seeds_as_the_evaluate_stage_does(bench):
+    done, result, _ = bench
+    quality = result["quality"]
+    assert set(quality) == {"plain", "reference", "plain_minus_reference"}
+    for name in ("plain", "reference"):
+        assert quality[name]["seeds"] == [0, 1]
+        for key in ("val_loss@2", "val_loss@8", "bleu", "chrf"):  # val_every 2
+            entry = quality[name][key]
+            assert entry["n"] == 2 and len(entry["values"]) == 2
+            assert entry["low"] <= entry["mean"] <= entry["high"]
+        assert all(0 < v < 20 for v in quality[name]["val_loss@8"]["values"])
+        assert all(0 <= v <= 100 for v in quality[name]["bleu"]["values"])
+        # two seeds: two initialisations and batch orders, two different models
+        assert len(set(quality[name]["val_loss@8"]["values"])) == 2
+    gap = quality["plain_minus_reference"]["bleu"]["values"]
+    assert gap == pytest.approx([p - r for p, r in zip(quality["plain"]["bleu"]["values"],
+                                                       quality["reference"]["bleu"]["values"])])
+    # every seed's pipeline loop repeats its plain loop to the bit
+    assert result["summary"]["pipeline"]["max_abs_loss_gap_vs_plain"] == 0
+    assert len(result["tokens_per_s_runs"]["plain"]) == 2
+    assert "plain_minus_reference" in done.stdout and "val_loss@8" in done.stdout

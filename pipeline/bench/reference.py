@@ -6,7 +6,8 @@ scaled by sqrt(d); the sinusoidal position table; embedding dropout), so a diffe
 the two models in `heat-pipeline bench train` is a difference of the layers themselves:
 attention, feed-forward, norms, their initialisation (PyTorch's own: Xavier-uniform for every
 matrix of `nn.Transformer`) and masking. It has the `config` and `(src, tgt_in) -> logits`
-interface `pipeline.training.objectives.TranslationObjective` wraps.
+interface `pipeline.training.objectives.TranslationObjective` wraps, and the
+`encode` / `decode` that `heat.decoding`'s beam search calls (without a decoder cache).
 """
 
 from __future__ import annotations
@@ -44,13 +45,34 @@ class TorchTransformerReference(nn.Module):
         x = self.embedding(tokens) * math.sqrt(self.config.d_model)  # (B, L, D)
         return self.embedding_dropout(x + self.positions(tokens.shape[1], 0, x.dtype))
 
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        """src: (B, S), tgt_in: (B, T) -> logits (B, T, V)."""
-        pad = self.config.pad_id
-        src_pad, tgt_pad = src.eq(pad), tgt_in.eq(pad)  # (B, S), (B, T) True at padding
+    def padding_mask(self, tokens: Tensor) -> Tensor:
+        """(B, L) True at padding."""
+        return tokens.eq(self.config.pad_id)
+
+    def encode(self, src: Tensor, src_padding_mask: Tensor) -> Tensor:
+        """src: (B, S) -> memory (B, S, D)."""
+        return self.transformer.encoder(self._embed(src), src_key_padding_mask=src_padding_mask)
+
+    def decode(self, tgt_in: Tensor, memory: Tensor, memory_padding_mask: Tensor,
+               cache: None = None, tgt_padding_mask: Tensor | None = None) -> Tensor:
+        """tgt_in: (B, T), the whole prefix (no cache: `new_decoder_cache` gives None, so
+        `heat.decoding` recomputes each step) -> logits (B, T, V)."""
+        if cache is not None:
+            raise ValueError("the reference model has no decoder cache")
         causal = nn.Transformer.generate_square_subsequent_mask(
             tgt_in.shape[1], device=tgt_in.device, dtype=torch.bool)  # (T, T) True: hidden
-        h = self.transformer(self._embed(src), self._embed(tgt_in), tgt_mask=causal,
-                             src_key_padding_mask=src_pad, tgt_key_padding_mask=tgt_pad,
-                             memory_key_padding_mask=src_pad, tgt_is_causal=True)  # (B, T, D)
+        h = self.transformer.decoder(self._embed(tgt_in), memory, tgt_mask=causal,
+                                     tgt_key_padding_mask=tgt_padding_mask,
+                                     memory_key_padding_mask=memory_padding_mask,
+                                     tgt_is_causal=True)  # (B, T, D)
         return F.linear(h, self.embedding.weight)  # (B, T, V)
+
+    def new_decoder_cache(self) -> None:
+        return None
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """src: (B, S), tgt_in: (B, T) -> logits (B, T, V): `nn.Transformer.forward` as its
+        encoder and decoder calls."""
+        src_pad = self.padding_mask(src)
+        return self.decode(tgt_in, self.encode(src, src_pad), src_pad,
+                           tgt_padding_mask=self.padding_mask(tgt_in))

@@ -18,6 +18,7 @@ logging or checkpoints. Output: a table, `--out` JSON and `--plot` PNG. Nothing 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -45,8 +46,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="run the loops in turn this many times (speed: the median)")
     parser.add_argument("--warmup", type=integer(0), default=20,
                         help="first steps left out of the speed figures (start-up)")
+    parser.add_argument("--seeds", type=integer(1), default=1,
+                        help="train this many seeds (train.seed, +1, ...): each seed's repeats "
+                             "in turn")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="quality too: validation loss every train.val_every steps and test "
+                             "scores (the evaluate stage's) of the plain and reference loops, "
+                             "mean and 95%% interval over the seeds")
     parser.add_argument("--no-reference", action="store_true",
                         help="skip the torch.nn.Transformer reference loop")
+    parser.add_argument("--no-pipeline", action="store_true",
+                        help="skip the Ray Train + DeepSpeed loop (quality runs: its losses are "
+                             "the plain loop's with one worker, ZeRO 0, fp32)")
     parser.add_argument("--out", type=Path, help="write the records as JSON here")
     parser.add_argument("--plot", type=Path, help="write loss curves and step times here (PNG)")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -73,8 +84,11 @@ def main(args: argparse.Namespace) -> int:
             output.parent.mkdir(parents=True, exist_ok=True)
     result = bench_training(config, task.name, variant.name, args.steps,
                             reference=not args.no_reference, repeats=args.repeats,
-                            warmup=args.warmup)
+                            warmup=args.warmup, seeds=args.seeds, evaluate=args.evaluate,
+                            pipeline=not args.no_pipeline)
     print(format_table(result))
+    if result["quality"]:
+        print(format_quality(result))
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {args.out}")
@@ -93,11 +107,15 @@ def _pick(choices: dict[str, Any], name: str | None, flag: str) -> Any:
 
 
 def bench_training(config: Any, task_name: str, variant_name: str, steps: int, *,
-                   reference: bool = True, repeats: int = 1, warmup: int = 20
+                   reference: bool = True, repeats: int = 1, warmup: int = 20,
+                   seeds: int = 1, evaluate: bool = False, pipeline: bool = True
                    ) -> dict[str, Any]:
     """The loops' records and their comparison (what `--out` holds). With `repeats` > 1 the
     loops run in turn that many times (plain, pipeline, reference, plain, ...), so that load
-    drifting on a shared machine hits them alike."""
+    drifting on a shared machine hits them alike; with `seeds` > 1 so does each seed from
+    `train.seed` on. `evaluate`: the plain and reference loops' first repeat of each seed also
+    record validation losses and test scores (the pipeline's losses are the plain loop's, bit
+    for bit, which `max_abs_loss_gap_vs_plain` shows)."""
     import dataclasses
 
     import torch
@@ -120,13 +138,21 @@ def bench_training(config: Any, task_name: str, variant_name: str, steps: int, *
             task, data_uri=tokenized, train_uri=f"{tmp}/bench", tracking_uri="", tracked=False,
             tokenizer_model=storage.read_bytes(storage.join(tokenized, "spm.model")))
         data = load_data(job, Worker(0, 1, torch.device("cpu")))
-        for repeat in range(repeats):
-            job = dataclasses.replace(job, run_name=f"bench-{repeat}")
-            loops = [lambda: plain_loop(job, data, steps), lambda: pipeline_loop(job, steps)]
+        first_seed = task.train.seed
+        for seed, repeat in itertools.product(range(first_seed, first_seed + seeds),
+                                              range(repeats)):
+            job = dataclasses.replace(job, run_name=f"bench-{seed}-{repeat}",
+                                      train=dataclasses.replace(job.train, seed=seed))
+            scored = {"val_every": task.train.val_every, "evaluate": True} if (
+                evaluate and repeat == 0) else {}
+            loops = [lambda: plain_loop(job, data, steps, **scored)]
+            if pipeline:
+                loops.append(lambda: pipeline_loop(job, steps))
             if reference and task.kind == "translation":
-                loops.append(lambda: plain_loop(job, data, steps, reference=True))
+                loops.append(lambda: plain_loop(job, data, steps, reference=True, **scored))
             for loop in loops:
                 record = loop()
+                record.seed = seed
                 runs.setdefault(record.name, []).append(record)
     return {"config": config.name, "task": task_name, "variant": variant_name, "steps": steps,
             "repeats": repeats, "warmup_steps": warmup,
@@ -135,7 +161,8 @@ def bench_training(config: Any, task_name: str, variant_name: str, steps: int, *
             "loops": [records[0].to_dict() for records in runs.values()],
             "tokens_per_s_runs": {name: [r.tokens_per_s(warmup) for r in records]
                                   for name, records in runs.items()},
-            "summary": summarise(runs, warmup)}
+            "seeds": seeds, "summary": summarise(runs, warmup),
+            "quality": quality(runs) if evaluate else None}
 
 
 def pipeline_loop(job: Any, steps: int) -> LoopRecord:
@@ -196,13 +223,62 @@ def summarise(runs: dict[str, list[LoopRecord]], warmup: int) -> dict[str, Any]:
                 1000 * s for r in records for s in r.seconds[warmup:] or r.seconds),
             "ms_per_step": {k: statistics.median(1000 * r.split[k] / len(r.seconds)
                                                  for r in records) for k in first.split},
-            "same_losses_every_repeat": all(r.losses == first.losses for r in records),
+            "same_losses_every_repeat": all(
+                r.losses == next(f for f in records if f.seed == r.seed).losses
+                for r in records),
         }
         if name != "plain":
-            entry["max_abs_loss_gap_vs_plain"] = max(
-                abs(a - b) for a, b in zip(first.losses, plain[0].losses))
+            entry["max_abs_loss_gap_vs_plain"] = max(  # the same seed's
+                abs(a - b) for r, p in zip(records, plain) for a, b in zip(r.losses, p.losses))
         summary[name] = entry
     return summary
+
+
+def quality(runs: dict[str, list[LoopRecord]]) -> dict[str, Any]:
+    """The scored loops' validation losses and test scores: per seed, and their mean with a
+    Student's t 95% interval over the seeds; against the plain loop (the project's model), the
+    same of the per-seed differences (the reference: the project's model minus
+    `nn.Transformer`; validation loss relative, test scores in points)."""
+    from pipeline.report.stats import seed_estimate
+
+    scored = {name: [r for r in records if r.scores] for name, records in runs.items()}
+    scored = {name: records for name, records in scored.items() if records}
+
+    def figures(record: LoopRecord) -> dict[str, float]:
+        return {**{f"val_loss@{step}": v for step, v in record.val_losses.items()},
+                **record.scores}
+
+    def estimate(values: list[float]) -> dict[str, Any]:
+        e = seed_estimate(values)
+        return {"mean": e.mean, "low": e.low, "high": e.high, "n": e.n, "values": values}
+
+    out: dict[str, Any] = {}
+    for name, records in scored.items():
+        per_seed = [figures(r) for r in records]
+        out[name] = {"seeds": [r.seed for r in records],
+                     **{k: estimate([f[k] for f in per_seed]) for k in per_seed[0]}}
+    if "plain" in scored and "reference" in scored:
+        pairs = [(figures(p), figures(r)) for p, r in zip(scored["plain"], scored["reference"])]
+        out["plain_minus_reference"] = {
+            k: estimate([(p[k] - r[k]) / r[k] if k.startswith("val_loss") else p[k] - r[k]
+                         for p, r in pairs]) for k in pairs[0][0]}
+    return out
+
+
+def format_quality(result: dict[str, Any]) -> str:
+    rows = result["quality"]
+    names = list(rows)
+    keys = [k for k in rows[names[0]] if k != "seeds"]
+
+    def cell(e: dict[str, Any]) -> str:
+        span = "" if e["low"] is None else f" [{e['low']:.3g}, {e['high']:.3g}]"
+        return f"{e['mean']:.4g}{span}".rjust(30)
+
+    lines = [f"quality over {result['seeds']} seed(s), mean [95% interval]; plain_minus_reference:"
+             " the project's model minus nn.Transformer, validation loss relative",
+             f"{'':<14}" + "".join(f"{name:>30}" for name in names)]
+    lines += [f"{k:<14}" + "".join(cell(rows[n][k]) for n in names) for k in keys]
+    return "\n".join(lines)
 
 
 def format_table(result: dict[str, Any]) -> str:

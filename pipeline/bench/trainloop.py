@@ -6,6 +6,10 @@ One process, no Ray, no DeepSpeed: the same objective, initial weights (seeded a
 (`pipeline.batching.BatchStream` with the job's seed) and dropout stream as the pipeline's
 worker, written the way a PyTorch user would write it. With `reference=True` the model is
 `torch.nn.Transformer` of the same sizes (`pipeline.bench.reference`) instead of the project's.
+With `val_every` it records the validation loss as the worker computes it (outside the timed
+steps; evaluation mode draws no random numbers, so the training losses stay the same), and with
+`evaluate` the test scores of the final weights as the evaluate stage computes them (the same
+beam search, SentencePiece detokenisation and sacrebleu).
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import torch
 
 from pipeline.batching import BatchStream
 from pipeline.training.engine import optimizer_and_schedule
+from pipeline.config import TrainConfig
 from pipeline.training.job import TrainJob
-from pipeline.training.objectives import TranslationObjective, build_objective
+from pipeline.training.objectives import (Objective, TranslationObjective, build_objective,
+                                          summed_loss)
 from pipeline.training.phases import Phases
 from pipeline.training.rankdata import RankData
 
@@ -33,6 +39,9 @@ class LoopRecord:
     tokens: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     split: dict[str, float] = field(default_factory=dict)
+    val_losses: dict[str, float] = field(default_factory=dict)  # step -> validation loss
+    scores: dict[str, float] = field(default_factory=dict)  # the final weights' test scores
+    seed: int = 0  # train.seed
 
     @classmethod
     def of(cls, name: str, steps: list[tuple[float, int, float]], phases: Phases) -> LoopRecord:
@@ -45,17 +54,21 @@ class LoopRecord:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "losses": self.losses, "tokens": self.tokens,
-                "seconds": self.seconds, "split_s": self.split}
+                "seconds": self.seconds, "split_s": self.split, "val_losses": self.val_losses,
+                "scores": self.scores, "seed": self.seed}
 
     @classmethod
     def from_dict(cls, record: dict) -> LoopRecord:
         return cls(record["name"], record["losses"], record["tokens"], record["seconds"],
-                   record["split_s"])
+                   record["split_s"], record.get("val_losses", {}), record.get("scores", {}),
+                   record.get("seed", 0))
 
 
 def plain_loop(job: TrainJob, data: RankData, steps: int, *, reference: bool = False,
-               device: torch.device = torch.device("cpu")) -> LoopRecord:
-    """`steps` optimizer steps of the job's first variant (or of the reference model)."""
+               device: torch.device = torch.device("cpu"), val_every: int = 0,
+               evaluate: bool = False) -> LoopRecord:
+    """`steps` optimizer steps of the job's first variant (or of the reference model); the
+    validation loss every `val_every` steps and at the last; test scores if `evaluate`."""
     train, variant = job.train, job.variants[0]
     config = job.model_config(variant)
     torch.set_num_threads(train.torch_threads)
@@ -72,9 +85,9 @@ def plain_loop(job: TrainJob, data: RankData, steps: int, *, reference: bool = F
     stream = BatchStream(data.train.lengths(), train.tokens_per_batch, train.seed,
                          batch_tokens=train.batch_tokens)
     pad_id, bos_id = config.pad_id, getattr(config, "bos_id", 0)
-    phases, done = Phases(device), []
+    phases, done, val_losses = Phases(device), [], {}
     objective.train()
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         start = time.perf_counter()
         losses, tokens = [], 0
         for _ in range(train.grad_accum_steps):
@@ -95,4 +108,40 @@ def plain_loop(job: TrainJob, data: RankData, steps: int, *, reference: bool = F
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
         done.append((sum(losses) / len(losses), tokens, time.perf_counter() - start))
-    return LoopRecord.of("reference" if reference else "plain", done, phases)
+        if val_every and (step % val_every == 0 or step == steps):
+            val_losses[str(step)] = validation_loss(objective, data, train, device)
+    record = LoopRecord.of("reference" if reference else "plain", done, phases)
+    record.val_losses = val_losses
+    if evaluate:
+        record.scores = test_scores(job, objective.model, device)
+    return record
+
+
+def validation_loss(objective: Objective, data: RankData, train: TrainConfig,
+                    device: torch.device) -> float:
+    """The mean validation loss per target (the worker's `val/loss`, one rank)."""
+    objective.eval()
+    total, count = summed_loss(objective, data.validation, train.tokens_per_batch,
+                               train.batch_tokens,
+                               lambda batch: {k: v.to(device) for k, v in batch.items()})
+    objective.train()
+    return total / count
+
+
+def test_scores(job: TrainJob, model: torch.nn.Module, device: torch.device) -> dict[str, float]:
+    """The evaluate stage's scores of `model` on the job's evaluation split (`job.eval`)."""
+    import numpy as np
+
+    from pipeline.stages.evaluate import (classification_scores, classify, detokenize,
+                                          evaluation_rows, translate, translation_scores)
+
+    examples = evaluation_rows(job, 0, 1)
+    if job.task == "translation":
+        texts = detokenize(job.tokenizer_model, translate(model, examples, job.eval, device))
+        scores = translation_scores(texts, examples.refs or [])
+    else:
+        predictions = classify(model, examples, job.eval, device)
+        scores = classification_scores(predictions, np.asarray(examples.labels),
+                                       job.num_labels or 0)
+    model.train()
+    return {k: float(v) for k, v in scores.items() if isinstance(v, float)}

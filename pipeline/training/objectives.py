@@ -8,10 +8,14 @@ gives validation a loss that adds up across batches and ranks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from heat.models import ClassifierConfig, EncoderClassifier, Seq2SeqConfig, Seq2SeqTransformer
+from pipeline.batching import Examples, token_budget_batches
 
 
 class TranslationObjective(nn.Module):
@@ -68,3 +72,19 @@ def build_objective(config: Seq2SeqConfig | ClassifierConfig) -> Objective:
     if isinstance(config, Seq2SeqConfig):
         return TranslationObjective(Seq2SeqTransformer(config))
     return ClassificationObjective(EncoderClassifier(config))
+
+
+@torch.no_grad()
+def summed_loss(objective: Objective, examples: Examples, tokens_per_batch: int,
+                batch_tokens: str, to_device: Callable[[dict[str, Tensor]], dict[str, Tensor]],
+                ) -> tuple[float, int]:
+    """(loss summed over the examples' targets, their count) in token-budget batches, the
+    objective as it stands (call `.eval()` first): validation's figure before ranks add up."""
+    config = objective.model.config
+    special_ids = config.pad_id, getattr(config, "bos_id", 0)
+    total, count = 0.0, 0
+    for indices in token_budget_batches(examples.lengths(), tokens_per_batch,
+                                        batch_tokens=batch_tokens):
+        loss, terms = objective.summed(**to_device(examples.collate(indices, *special_ids)))
+        total, count = total + float(loss), count + terms
+    return total, count

@@ -27,14 +27,14 @@ from typing import Any
 import torch
 
 from pipeline import storage
-from pipeline.batching import BatchPosition, BatchStream, token_budget_batches
+from pipeline.batching import BatchPosition, BatchStream
 from pipeline.config import Variant
 from pipeline.training.checkpoints import resume_from, write_manifest
 from pipeline.training.engine import create_engine, quiet_deepspeed, torch_clips
 from pipeline.training.rank import Worker
 from pipeline.training.rankdata import RankData, load_data
 from pipeline.training.job import TrainJob
-from pipeline.training.objectives import Objective, build_objective
+from pipeline.training.objectives import Objective, build_objective, summed_loss
 from pipeline.training.phases import NO_PHASES, Meter, NoPhases
 from pipeline.training.progress import ProgressSink, step_line
 from pipeline.training.outputs import BEST_CHECKPOINT_DIR, copy_to_storage, save_model
@@ -304,13 +304,9 @@ class VariantRun:
     @torch.no_grad()
     def _validate(self) -> None:
         self.engine.eval()
-        total, count = 0.0, 0
-        examples = self.data.validation
-        for indices in token_budget_batches(examples.lengths(), self.train.tokens_per_batch,
-                                            batch_tokens=self.train.batch_tokens):
-            batch = self._to_device(examples.collate(indices, *self._special_ids))
-            loss, terms = self.engine.module.summed(**batch)
-            total, count = total + float(loss), count + terms
+        total, count = summed_loss(self.engine.module, self.data.validation,
+                                   self.train.tokens_per_batch, self.train.batch_tokens,
+                                   self._to_device)
         self.engine.train()
         total, count = self.worker.all_reduce([total, count])
         val_loss = total / count
