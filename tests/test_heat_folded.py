@@ -15,10 +15,12 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def run(implementation, basis, rank, n, m, causal, head_dim, dtype=torch.float32):
+def run(implementation, basis, rank, n, m, causal, head_dim, dtype=torch.float32,
+        input_norm="none"):
     lengths = [m, m - 11, m - 3]
     mask = torch.arange(m)[None, :] >= torch.tensor(lengths)[:, None]  # (3, m), right padding
-    spec = HeatSpec(rank=rank, basis=basis, chunk_size=16, implementation=implementation)
+    spec = HeatSpec(rank=rank, basis=basis, chunk_size=16, implementation=implementation,
+                    input_norm=input_norm)
     kernel = build_attention(spec, head_dim=head_dim, num_heads=2)
     q, k, v = (t.to(dtype).requires_grad_() for t in qkv(3, 2, n, m, head_dim, seed=3))
     out = kernel(q, k, v, key_padding_mask=mask, causal=causal)
@@ -38,6 +40,16 @@ def test_fast_paths_match_features_values_and_gradients(
 ):
     out, grads = run(implementation, basis, rank, n, m, causal, head_dim)
     ref, ref_grads = run("features", basis, rank, n, m, causal, head_dim)
+    assert relative(out, ref) < 1e-4
+    for fast, features in zip(grads, ref_grads):
+        assert relative(fast, features) < 1e-4
+
+
+@pytest.mark.parametrize("implementation", ["folded", "fused"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_fast_paths_match_features_with_rms_normalised_inputs(implementation, causal):
+    out, grads = run(implementation, "svd", 8, 37, 37, causal, 24, input_norm="rms")
+    ref, ref_grads = run("features", "svd", 8, 37, 37, causal, 24, input_norm="rms")
     assert relative(out, ref) < 1e-4
     for fast, features in zip(grads, ref_grads):
         assert relative(fast, features) < 1e-4

@@ -33,19 +33,37 @@ class HadamardSpec(AttentionSpec):
     """R: queries and keys are squashed into [-R, R] per channel."""
     chunk_size: int = 64
     """Queries processed at a time; memory is O(chunk_size * m * d) per head."""
+    input_norm: str = "none"
+    """'rms': each query and key is divided by its root mean square over the head's channels
+    before the bound (per position, so causal and padding-safe), which keeps every channel's
+    input near the unit-variance measure HEAT's basis is fitted for; 'none': the paper's."""
+
+    INPUT_NORMS: ClassVar[tuple[str, ...]] = ("none", "rms")
 
     def __post_init__(self) -> None:
         self.check_float("bound", 0.0, 20.0)
+        self.check_choice("input_norm", self.INPUT_NORMS)
         self.check_int("chunk_size", 1, 1 << 16)
 
     @classmethod
     def contract_examples(cls) -> dict[str, HadamardSpec]:
-        return {"hadamard": cls(chunk_size=5)}
+        return {"hadamard": cls(chunk_size=5), "hadamard-rms": cls(chunk_size=5, input_norm="rms")}
 
 
 def bounded(x: Tensor, bound: float) -> Tensor:
     """R tanh(x / R): identity near 0, squashed into [-R, R]."""
     return bound * torch.tanh(x / bound)
+
+
+RMS_EPS = 1e-6
+
+
+def normalised(x: Tensor, input_norm: str) -> Tensor:
+    """x (..., d) as `input_norm` says: 'rms' divides each position's vector by its root mean
+    square over the d channels (a zero vector stays zero); 'none' returns x."""
+    if input_norm == "none":
+        return x
+    return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + RMS_EPS)
 
 
 @register(HadamardSpec)
@@ -61,8 +79,9 @@ class HadamardAttention(AttentionKernel):
 
     def _attend(self, q, k, v, *, key_padding_mask, query_padding_mask, causal) -> Tensor:
         dtype = accumulation_dtype(q.dtype)
-        a = bounded(q.to(dtype), self.spec.bound)  # (B, H, n, d)
-        b = bounded(k.to(dtype), self.spec.bound)  # (B, H, m, d)
+        norm = self.spec.input_norm
+        a = bounded(normalised(q.to(dtype), norm), self.spec.bound)  # (B, H, n, d)
+        b = bounded(normalised(k.to(dtype), norm), self.spec.bound)  # (B, H, m, d)
         values = v.to(dtype)
         n, m = q.shape[2], k.shape[2]
         keep = keep_mask(key_padding_mask, n, m, causal, q.device)  # (B|1, 1, n|1, m) or None

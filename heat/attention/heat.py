@@ -24,7 +24,7 @@ from heat.attention.base import AttentionKernel, Capabilities
 from heat.attention.exp_basis import fit_report, polynomial_coefficients, svd_max_rank
 from heat.attention.folded import folded_heat
 from heat.attention.fused import fused_available, fused_heat, kernel_layout
-from heat.attention.hadamard import HadamardSpec, bounded
+from heat.attention.hadamard import HadamardSpec, bounded, normalised
 from heat.attention.linear import NORMALISER_EPS, accumulation_dtype, linear_attention
 from heat.attention.registry import register
 from heat.attention.specs import AttentionSpec, SpecError, Sweep
@@ -52,6 +52,9 @@ class HeatSpec(AttentionSpec):
     """'svd': input-weighted eigenfunctions of exp(ab); 'taylor': a^p / sqrt(p!), p < rank."""
     bound: float = 3.0
     """R, as in `hadamard`."""
+    input_norm: str = "none"
+    """As in `hadamard`: 'rms' divides queries and keys by their root mean square over the
+    head's channels before the bound; 'none': the paper's HEAT."""
     sigma: float = 1.0
     """Standard deviation of the Gaussian input measure the svd basis is optimal for."""
     quadrature_nodes: int = 24
@@ -69,6 +72,7 @@ class HeatSpec(AttentionSpec):
     def __post_init__(self) -> None:
         self.check_choice("basis", ("svd", "taylor"))
         self.check_choice("implementation", self.IMPLEMENTATIONS)
+        self.check_choice("input_norm", HadamardSpec.INPUT_NORMS)
         self.check_float("bound", 0.0, 20.0)
         self.check_float("sigma", 0.0, 100.0)
         self.check_int("quadrature_nodes", 2, 128)
@@ -106,12 +110,13 @@ class HeatSpec(AttentionSpec):
                                                    f"folded")
 
     def exact_counterpart(self) -> HadamardSpec:
-        return HadamardSpec(bound=self.bound)
+        return HadamardSpec(bound=self.bound, input_norm=self.input_norm)
 
     @classmethod
     def contract_examples(cls) -> dict[str, HeatSpec]:
         return {"heat-svd": cls(rank=6, chunk_size=7),
-                "heat-taylor": cls(rank=6, basis="taylor", chunk_size=7)}
+                "heat-taylor": cls(rank=6, basis="taylor", chunk_size=7),
+                "heat-svd-rms": cls(rank=6, chunk_size=7, input_norm="rms")}
 
     @classmethod
     def demo_examples(cls, length: int) -> dict[str, HeatSpec]:
@@ -119,7 +124,8 @@ class HeatSpec(AttentionSpec):
         return {spec.describe("rank", "basis"): spec for spec in specs}
 
     def label(self) -> str:
-        return f"heat {self.basis} r{self.rank}"
+        norm = "" if self.input_norm == "none" else f" {self.input_norm}-norm"
+        return f"heat {self.basis} r{self.rank}{norm}"
 
 
 @register(HeatSpec)
@@ -157,6 +163,8 @@ class HeatAttention(AttentionKernel):
 
     def _attend(self, q, k, v, *, key_padding_mask, query_padding_mask, causal) -> Tensor:
         in_dtype, dtype = q.dtype, accumulation_dtype(q.dtype)
+        if self.spec.input_norm != "none":  # before the bound, which every path applies
+            q, k = (normalised(x.to(dtype), self.spec.input_norm).to(in_dtype) for x in (q, k))
         floor = self._normaliser_floor(key_padding_mask, q, k, causal)  # (B, n) or a number
         implementation = self.implementation_for(q.device, causal)
         if implementation == "fused":  # applies the bound R tanh(x / R) itself, fp32 inside
