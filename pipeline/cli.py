@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_evaluate_arguments(evaluate)
 
+    from pipeline.diagnostics_cli import add_arguments as add_diagnose_arguments  # argparse only
+
+    add_diagnose_arguments(commands.add_parser("diagnose", help="each attention site's error "
+                                               "against its exact counterpart, in a trained run"))
     _add_search_commands(commands)
     _add_bench_command(commands)
     check = commands.add_parser(
@@ -234,23 +238,13 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import yaml
-
-    from heat.validation import ConfigError
-    from pipeline import storage
     from pipeline.config import build_config
     from pipeline.configtools import apply_overrides
     from pipeline.run import rescore_run
-    from pipeline.runfolder import run_folder
+    from pipeline.runfolder import recorded_run
     from pipeline.summary import format_summary
 
-    folder = args.run if storage.exists(storage.join(args.run, "config.yaml")) else \
-        run_folder(args.storage_root, args.run)
-    recorded_file = storage.join(folder, "config.yaml")
-    if not storage.exists(recorded_file):
-        raise ConfigError("run", f"no run {args.run!r}: {recorded_file} does not exist "
-                                 f"(pass the run's folder, or --storage-root)")
-    raw = yaml.safe_load(storage.read_bytes(recorded_file))
+    run_name, raw = recorded_run(args.run, args.storage_root)
     recorded = build_config(raw)
     overrides = list(args.overrides)
     for flag, (key, kinds) in _EVAL_FLAGS.items():
@@ -259,7 +253,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             overrides += [f"tasks.{name}.eval.{key}={value}"
                           for name, task in recorded.tasks.items() if task.kind in kinds]
     config = build_config(apply_overrides(raw, overrides))
-    result = rescore_run(config, folder.rstrip("/").rsplit("/", 1)[-1], recorded)
+    result = rescore_run(config, run_name, recorded)
     print(format_summary(result))
     return 0
 
@@ -288,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_pipeline_command(args)
     if args.command == "evaluate":
         return run_evaluate_command(args)
+    if args.command == "diagnose":
+        from pipeline.diagnostics_cli import run as run_diagnose
+
+        return report_errors(lambda: run_diagnose(args), interrupted="")
     if args.command == "tune":
         return run_tune_command(args)
     if args.command == "report":

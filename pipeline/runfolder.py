@@ -51,6 +51,19 @@ def run_folder(root: str, run_name: str) -> str:
     return storage.join(root, RUNS_FOLDER, run_name)
 
 
+def recorded_run(run: str, storage_root: str) -> tuple[str, dict[str, Any]]:
+    """(name, recorded raw config) of a run given by its name under `storage_root` or by the
+    path of its folder; a ConfigError when there is no such run."""
+    folder = run if storage.exists(storage.join(run, "config.yaml")) else \
+        run_folder(storage_root, run)
+    recorded_file = storage.join(folder, "config.yaml")
+    if not storage.exists(recorded_file):
+        raise ConfigError("run", f"no run {run!r}: {recorded_file} does not exist "
+                                 f"(pass the run's folder, or --storage-root)")
+    raw = yaml.safe_load(storage.read_bytes(recorded_file))
+    return folder.rstrip("/").rsplit("/", 1)[-1], raw
+
+
 def resolve_run_name(config: RunnableConfig, run_name: str | None, resume: bool) -> str:
     """The run to start, or with `resume` the run to continue (default: the config's latest).
 

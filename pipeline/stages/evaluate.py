@@ -34,6 +34,7 @@ from pipeline import storage
 from pipeline.batching import (ClassificationExamples, Examples, TranslationExamples,
                                load_rank_rows)
 from pipeline.config import EvalConfig, Variant
+from pipeline.diagnostics import diagnose_job, log_diagnostics
 from pipeline.stages.base import Stage, StageContext
 from pipeline.training.job import TrainJob
 from pipeline.tracking import task_tags
@@ -50,6 +51,12 @@ from pipeline.training.outputs import (
 from pipeline.training.run_log import VariantLog
 
 logger = logging.getLogger(__name__)
+
+DIAGNOSTIC_BATCHES = 2
+"""Validation batches the attention diagnostics of each variant run on (`heat-pipeline
+diagnose` takes more)."""
+DIAGNOSTIC_MAX_ROWS = 16
+"""At most this many sequences of each: the exact counterparts are quadratic, on the driver."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,7 +252,21 @@ def _score_and_track(job: TrainJob, variant: Variant, rows: list[tuple], folder:
             log.artifact(Path(tmp) / name, label or None)
     log.metrics({prefix + k: v for k, v in scores.items() if isinstance(v, float)}, step=step)
     log.tags({prefix + k: v for k, v in scores.items() if isinstance(v, str)})
+    if not label:  # a re-scoring has the same weights: their diagnostics are tracked already
+        _track_diagnostics(job, variant, step)
     return {**scores, "hypotheses_uri": storage.join(folder, HYPOTHESES_FILE)}
+
+
+def _track_diagnostics(job: TrainJob, variant: Variant, step: int) -> None:
+    """The kernel's error against its exact counterpart at every site, on a few validation
+    batches (`pipeline.diagnostics`), into the child run as `diag/...`. Not worth failing
+    the evaluation over: a failure is a warning."""
+    try:
+        rows = diagnose_job(job, variant, batches=DIAGNOSTIC_BATCHES,
+                            max_rows=DIAGNOSTIC_MAX_ROWS)
+        log_diagnostics(job, variant, rows, step=step)
+    except Exception:  # noqa: BLE001 - the scores are tracked; the diagnostics are extra
+        logger.warning("evaluate: %s: attention diagnostics failed", variant.name, exc_info=True)
 
 
 def _scores_text(scores: dict[str, Any]) -> str:
@@ -268,7 +289,7 @@ class EvaluateStage(Stage):
     name = "evaluate"
     sections = ("eval",)
     code = ("pipeline/stages/evaluate.py", "pipeline/batching.py", "pipeline/training/outputs.py",
-            "heat/**/*.py")
+            "pipeline/diagnostics.py", "heat/**/*.py")
     per_run = True
 
     def inputs(self, context: StageContext) -> dict[str, Any]:
@@ -278,13 +299,23 @@ class EvaluateStage(Stage):
     def run(self, context: StageContext, out_uri: str) -> dict[str, Any]:
         """Score into the variants' child runs (reopened if training was skipped), end them."""
         task, tracker = context.task, context.tracker
-        tokenized, trained = context.outcomes["tokenize"], context.outcomes["train"]
         children = tracker.child_runs(task.name, [v.name for v in task.variants],
                                       tags=task_tags(task.kind, task.data.dataset))
-        job = TrainJob.for_task(
-            task, data_uri=tokenized.uri,
-            tokenizer_model=storage.read_bytes(storage.join(tokenized.uri, "spm.model")),
-            train_uri=trained.uri, tracking_uri=tracker.tracking_uri,
-            mlflow_run_ids={n: c.run_id for n, c in children.items()})
-        return evaluate(job, trained.result, out_uri=out_uri, label=context.eval_label,
+        job = evaluation_job(context, {n: c.run_id for n, c in children.items()})
+        return evaluate(job, context.outcomes["train"].result, out_uri=out_uri,
+                        label=context.eval_label,
                         on_scored=lambda variant: tracker.finish(children[variant].run_id))
+
+
+def evaluation_job(context: StageContext, mlflow_run_ids: dict[str, str] | None) -> TrainJob:
+    """The job that scores the task's trained variants (the finished tokenize and train
+    outcomes in `context`): tracked into `mlflow_run_ids` (variant -> child run), or with
+    None untracked."""
+    tokenized, trained = context.outcomes["tokenize"], context.outcomes["train"]
+    tracker = context.tracker
+    return TrainJob.for_task(
+        context.task, data_uri=tokenized.uri,
+        tokenizer_model=storage.read_bytes(storage.join(tokenized.uri, "spm.model")),
+        train_uri=trained.uri,
+        tracking_uri=tracker.tracking_uri if tracker is not None else context.config.tracking.uri,
+        mlflow_run_ids=mlflow_run_ids, tracked=mlflow_run_ids is not None)
