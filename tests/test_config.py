@@ -13,8 +13,11 @@ from heat.models import AttentionSites
 from heat.validation import ConfigError
 from pipeline.config import CONFIG_DIR, build_config, load_config, packaged_config
 
-SHIPPED = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("tune_"))
-"""The pipeline configs; `tune_*.yaml` are search configs (tests/test_tune_config.py)."""
+SHIPPED = sorted(p.name for p in CONFIG_DIR.glob("*.yaml")
+                 if not p.name.startswith(("tune_", "ablation_")))
+"""The pipeline configs of the paper's tasks; `tune_*.yaml` are search configs
+(tests/test_tune_config.py), `ablation_*.yaml` pipeline configs of one experiment each."""
+ABLATIONS = sorted(p.name for p in CONFIG_DIR.glob("ablation_*.yaml"))
 
 
 @pytest.fixture(autouse=True)
@@ -58,6 +61,19 @@ def test_every_shipped_config_validates(name):
     assert config.name == Path(name).stem
     assert {v.name for task in config.tasks.values() for v in task.variants} == {
         "softmax", "linformer", "nystrom", "hadamard", "heat", "taylor"}
+
+
+def test_the_site_ablation_puts_heat_and_hadamard_at_one_site_at_a_time():
+    assert ABLATIONS == ["ablation_sites.yaml"]
+    config = load_config(str(CONFIG_DIR / "ablation_sites.yaml"))
+    (task,) = config.tasks.values()
+    sites = {v.name: v.attention for v in task.variants}
+    for name in ("heat", "hadamard"):
+        for site in ("encoder_self", "decoder_self", "cross"):
+            short = {"encoder_self": "enc", "decoder_self": "dec", "cross": "cross"}[site]
+            chosen = {s: getattr(sites[f"{name}_{short}"], s).name
+                      for s in ("encoder_self", "decoder_self", "cross")}
+            assert chosen == {s: name if s == site else "softmax" for s in chosen}, chosen
 
 
 def test_the_six_configs_exist():
