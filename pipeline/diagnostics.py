@@ -32,8 +32,7 @@ SITE_ORDER = ("encoder_self", "decoder_self", "decoder_cross")
 BOUNDED_VARIANTS = ("heat", "hadamard")
 """The variants whose inputs pass through R tanh(x / R): their q and k statistics are reported."""
 GAUSSIAN_SEED = 0
-METRICS_PER_CALL = 500
-"""MLflow's log_batch takes at most 1000 metrics."""
+METRICS_PER_CALL = 500  # MLflow's log_batch takes at most 1000 metrics
 
 Model = Seq2SeqTransformer | EncoderClassifier
 
@@ -362,16 +361,17 @@ def format_diagnostics(rows: list[SiteDiagnostic]) -> str:
 
 
 def plot_diagnostics(rows: list[SiteDiagnostic], path: str) -> str:
-    """PNG: per (task, variant) the rel_error of each site and layer as bars (log scale), the
-    gaussian error as markers."""
+    """PNG: per (task, variant) with an approximate site, the rel_error of each such site and
+    layer as bars (log scale), the gaussian error as markers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups: dict[tuple[str, str], list[SiteDiagnostic]] = {}
-    for row in rows:
-        groups.setdefault((row.task, row.variant), []).append(row)
+    for row in rows:  # exact variants (0 at every site) get no panel
+        if row.rel_error > 0 or row.rel_error_gaussian > 0:
+            groups.setdefault((row.task, row.variant), []).append(row)
     count = max(len(groups), 1)
     figure, axes = plt.subplots(count, 1, figsize=(8, 2.4 * count), squeeze=False)
     for axis, ((task, variant), items) in zip(axes[:, 0], groups.items()):
