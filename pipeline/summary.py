@@ -1,4 +1,5 @@
-"""The run's final table: per task, each variant's scores, throughput and training time."""
+"""The run's final table: per task, each variant's scores, throughput, training time and its
+attention's largest error against the exact counterpart on trained inputs (`attn err`)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ def format_summary(result: PipelineResult) -> str:
     for task, variants in result.results.items():
         kind = result.tasks[task]
         scores = _COLUMNS[kind]
-        header = ["variant", *(title for title, _ in scores), "tokens/s", "train s", "steps"]
+        header = ["variant", *(title for title, _ in scores), "tokens/s", "train s", "steps",
+                  "attn err"]
         rows = [[variant, *(number(values.get(key)) for _, key in scores),
                  number(values.get("tokens_per_s"), 0), number(values.get("train_wall_s"), 1),
-                 str(values.get("steps", ""))] for variant, values in variants.items()]
+                 str(values.get("steps", "")), _error(values.get("attention_error"))]
+                for variant, values in variants.items()]
         lines += [task if task == kind else f"{task} ({kind})", *text_table(header, rows), ""]
     if result.evaluations:
         lines.append("re-scored with other eval settings, tracked as: " + ", ".join(
@@ -38,6 +41,14 @@ def format_summary(result: PipelineResult) -> str:
               f"{result.parent_run_id}",
               f"browse: {browse_command(result.tracking_uri, result.experiment_id)}"]
     return "\n".join(lines)
+
+
+def _error(value: Any) -> str:
+    """The largest relative error of a variant's kernels against their exact counterparts on
+    its trained inputs (the evaluate stage's diagnostics): 'exact' at 0, '-' when not measured."""
+    if not isinstance(value, (int, float)):
+        return "-"
+    return "exact" if value == 0 else f"{value:.1e}"
 
 
 def number(value: Any, digits: int = 2) -> str:

@@ -124,7 +124,13 @@ def test_summary_table_and_how_to_browse(smoke):
     assert "# resolved config" not in out
     for variant in VARIANTS:
         assert re.search(rf"^{variant}\s+\d+\.\d\d\s+\d+\.\d\d\s+\d+", out, re.MULTILINE), variant
-    assert re.search(r"^variant\s+BLEU\s+chrF\s+tokens/s\s+train s\s+steps$", out, re.MULTILINE)
+    assert re.search(r"^variant\s+BLEU\s+chrF\s+tokens/s\s+train s\s+steps\s+attn err$", out,
+                     re.MULTILINE)
+    # the evaluate stage's diagnostics: exact variants 0, heat (input_norm rms) close to hadamard
+    assert re.search(r"^softmax\s.*\sexact$", out, re.MULTILINE)
+    assert re.search(r"^hadamard\s.*\sexact$", out, re.MULTILINE)
+    heat = re.search(r"^heat\s.*\s(\d\.\de-\d\d)$", out, re.MULTILINE)
+    assert heat and float(heat.group(1)) < 1e-2, out
     assert re.search(r"^variant\s+accuracy\s+F1\s+tokens/s", out, re.MULTILINE)
     assert f"mlflow ui --backend-store-uri sqlite:///{cwd}/runs/mlflow.db" in out
     for stage in ("prepare", "tokenize", "train", "evaluate"):

@@ -252,21 +252,26 @@ def _score_and_track(job: TrainJob, variant: Variant, rows: list[tuple], folder:
             log.artifact(Path(tmp) / name, label or None)
     log.metrics({prefix + k: v for k, v in scores.items() if isinstance(v, float)}, step=step)
     log.tags({prefix + k: v for k, v in scores.items() if isinstance(v, str)})
+    result = {**scores, "hypotheses_uri": storage.join(folder, HYPOTHESES_FILE)}
     if not label:  # a re-scoring has the same weights: their diagnostics are tracked already
-        _track_diagnostics(job, variant, step)
-    return {**scores, "hypotheses_uri": storage.join(folder, HYPOTHESES_FILE)}
+        error = _track_diagnostics(job, variant, step)
+        if error is not None:
+            result["attention_error"] = error
+    return result
 
 
-def _track_diagnostics(job: TrainJob, variant: Variant, step: int) -> None:
+def _track_diagnostics(job: TrainJob, variant: Variant, step: int) -> float | None:
     """The kernel's error against its exact counterpart at every site, on a few validation
-    batches (`pipeline.diagnostics`), into the child run as `diag/...`. Not worth failing
-    the evaluation over: a failure is a warning."""
+    batches (`pipeline.diagnostics`), into the child run as `diag/...`; the largest (the
+    summary's `attn err`). Not worth failing the evaluation over: a failure is a warning."""
     try:
         rows = diagnose_job(job, variant, batches=DIAGNOSTIC_BATCHES,
                             max_rows=DIAGNOSTIC_MAX_ROWS)
         log_diagnostics(job, variant, rows, step=step)
     except Exception:  # noqa: BLE001 - the scores are tracked; the diagnostics are extra
         logger.warning("evaluate: %s: attention diagnostics failed", variant.name, exc_info=True)
+        return None
+    return max((row.rel_error for row in rows), default=0.0)
 
 
 def _scores_text(scores: dict[str, Any]) -> str:
