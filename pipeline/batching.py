@@ -38,6 +38,12 @@ from torch import Tensor
 # Ragged token columns
 
 
+
+def special_ids(config: Any) -> tuple[int, int]:
+    """The (pad_id, bos_id) a model config's batches are collated with (`Examples.collate`); a
+    classifier has no bos, so 0."""
+    return config.pad_id, getattr(config, "bos_id", 0)
+
 @dataclass(frozen=True)
 class TokenColumn:
     """Variable-length int32 sequences stored flat: sequence i is values[offsets[i]:offsets[i+1]].

@@ -26,7 +26,7 @@ from torch import Tensor
 from heat.attention import AttentionKernel, build_attention, exact_counterpart
 from heat.attention.hadamard import normalised
 from heat.models import EncoderClassifier, Seq2SeqTransformer
-from pipeline.batching import load_rank_rows, token_budget_batches
+from pipeline.batching import load_rank_rows, special_ids, token_budget_batches
 
 SITE_ORDER = ("encoder_self", "decoder_self", "decoder_cross")
 BOUNDED_VARIANTS = ("heat", "hadamard")
@@ -215,8 +215,8 @@ class _SiteSums:
         if self.q is not None and self.k is not None:
             norm = getattr(self.kernel.spec, "input_norm", "none")
             key_valid = _valid(call.key_padding_mask, call.k)
-            self.q.add(_bound_input(call.q, norm), query_valid)
-            self.k.add(_bound_input(call.k, norm), key_valid)
+            self.q.add(normalised(call.q.double(), norm), query_valid)
+            self.k.add(normalised(call.k.double(), norm), key_valid)
 
     def _add_error(self, diff: str, exact: str, approx: Tensor, reference: Tensor,
                    valid: Tensor) -> None:
@@ -254,11 +254,6 @@ def _query_valid(call: _Call) -> Tensor:
     return _valid(call.query_padding_mask, call.q)
 
 
-def _bound_input(x: Tensor, input_norm: str) -> Tensor:
-    """x as the bound R tanh(x / R) sees it: after the spec's input normalisation."""
-    return x if input_norm == "none" else normalised(x.double(), input_norm)
-
-
 # ---------------------------------------------------------------------------------------------
 # Models, jobs
 
@@ -291,10 +286,9 @@ def validation_batches(job: Any, model: Model, count: int) -> list[dict[str, Ten
     from pipeline.training.rankdata import split_tables
 
     examples = load_rank_rows(split_tables(job.split_uri("validation")), job.task, 0, 1)
-    special_ids = model.config.pad_id, getattr(model.config, "bos_id", 0)
     indices = token_budget_batches(examples.lengths(), job.train.tokens_per_batch,
                                    batch_tokens=job.train.batch_tokens)[:count]
-    return [examples.collate(batch, *special_ids) for batch in indices]
+    return [examples.collate(batch, *special_ids(model.config)) for batch in indices]
 
 
 def diagnose_job(job: Any, variant: Any, *, batches: int = 4, max_rows: int | None = None,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pipeline.batching import BatchStream
+from pipeline.batching import BatchStream, special_ids
 from pipeline.training.engine import optimizer_and_schedule
 from pipeline.config import TrainConfig
 from pipeline.training.job import TrainJob
@@ -84,7 +84,7 @@ def plain_loop(job: TrainJob, data: RankData, steps: int, *, reference: bool = F
     optimizer, schedule = optimizer_and_schedule(objective, train)
     stream = BatchStream(data.train.lengths(), train.tokens_per_batch, train.seed,
                          batch_tokens=train.batch_tokens)
-    pad_id, bos_id = config.pad_id, getattr(config, "bos_id", 0)
+    pad_id, bos_id = special_ids(config)
     phases, done, val_losses = Phases(device), [], {}
     objective.train()
     for step in range(1, steps + 1):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from heat.models import ClassifierConfig, EncoderClassifier, Seq2SeqConfig, Seq2SeqTransformer
-from pipeline.batching import Examples, token_budget_batches
+from pipeline.batching import Examples, special_ids, token_budget_batches
 
 
 class TranslationObjective(nn.Module):
@@ -80,11 +80,10 @@ def summed_loss(objective: Objective, examples: Examples, tokens_per_batch: int,
                 ) -> tuple[float, int]:
     """(loss summed over the examples' targets, their count) in token-budget batches, the
     objective as it stands (call `.eval()` first): validation's figure before ranks add up."""
-    config = objective.model.config
-    special_ids = config.pad_id, getattr(config, "bos_id", 0)
+    ids = special_ids(objective.model.config)
     total, count = 0.0, 0
     for indices in token_budget_batches(examples.lengths(), tokens_per_batch,
                                         batch_tokens=batch_tokens):
-        loss, terms = objective.summed(**to_device(examples.collate(indices, *special_ids)))
+        loss, terms = objective.summed(**to_device(examples.collate(indices, *ids)))
         total, count = total + float(loss), count + terms
     return total, count

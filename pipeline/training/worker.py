@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from pipeline import storage
-from pipeline.batching import BatchPosition, BatchStream
+from pipeline.batching import BatchPosition, BatchStream, special_ids
 from pipeline.config import Variant
 from pipeline.training.checkpoints import resume_from, write_manifest
 from pipeline.training.engine import create_engine, quiet_deepspeed, torch_clips
@@ -230,7 +230,8 @@ class VariantRun:
         for micro in range(1, self.train.grad_accum_steps + 1):
             with phases("data"):
                 indices = next(self.stream)
-                batch = self._to_device(self.data.train.collate(indices, *self._special_ids))
+                batch = self._to_device(
+                    self.data.train.collate(indices, *special_ids(self.model_config)))
             with phases("forward"):
                 loss = self.engine(**batch)
             with phases("backward"):
@@ -256,11 +257,6 @@ class VariantRun:
             done.append((float(loss), tokens, time.perf_counter() - start))  # synced: timed
         self.engine.destroy()
         return done
-
-    @property
-    def _special_ids(self) -> tuple[int, int]:
-        config = self.model_config
-        return config.pad_id, getattr(config, "bos_id", 0)
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: tensor.to(self.worker.device) for name, tensor in batch.items()}
