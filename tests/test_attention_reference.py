@@ -10,6 +10,7 @@ import torch
 
 from conftest import qkv
 from heat.attention import HadamardSpec, HeatSpec, SoftmaxSpec, TaylorSpec, build_attention
+from heat.attention.hadamard import HadamardAttention
 
 B, H, D = 2, 3, 5
 
@@ -62,10 +63,10 @@ def test_softmax_matches_loops(n, m, lengths, causal):
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("R", [2.5, 8.0])  # exp(a b - R^2) directly; the softmax path above 6
 @pytest.mark.parametrize("n,m,lengths,causal", CASES)
-def test_hadamard_matches_loops(n, m, lengths, causal):
+def test_hadamard_matches_loops(n, m, lengths, causal, R):
     q, k, v = qkv(B, H, n, m, D)
-    R = 2.5
     kernel = build_attention(HadamardSpec(bound=R, chunk_size=4), head_dim=D, num_heads=H)
     out = kernel(q, k, v, key_padding_mask=padding(lengths, m), causal=causal)
     a, b_ = R * torch.tanh(q / R), R * torch.tanh(k / R)
@@ -73,6 +74,28 @@ def test_hadamard_matches_loops(n, m, lengths, causal):
         q, k, v, lengths, causal, lambda b, h, i, j: torch.exp(a[b, h, i] * b_[b, h, j])
     )
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_hadamard_exp_path_matches_softmax_path_in_float32(causal):
+    """Values and gradients of the direct exp(a b - R^2) chunks against the max-subtracting
+    softmax chunks, fp32, with padding; at R = 6 (the largest bound the exp path takes) with
+    every logit at -R^2 or worse nothing underflows to a zero denominator."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 9, 8, requires_grad=True) for _ in range(3))
+    mask = padding([9, 4], 9)
+    kernel = build_attention(HadamardSpec(bound=3.0, chunk_size=4), head_dim=8, num_heads=3)
+    outs = []
+    for path in (kernel._chunk_exp, HadamardAttention._chunk_softmax):
+        kernel._chunk_exp = path  # the instance attribute shadows the method: this path runs
+        out = kernel(q, k, v, key_padding_mask=mask, causal=causal)
+        outs.append((out, *torch.autograd.grad(out.pow(2).sum(), (q, k, v))))
+    for fast, slow in zip(*outs):
+        torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+    edge = build_attention(HadamardSpec(bound=6.0), head_dim=8, num_heads=3)
+    big = torch.full((1, 3, 4, 8), 1e3)
+    out = edge(big, -big, torch.randn(1, 3, 4, 8), causal=causal)
+    assert torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("implementation", ["folded", "fused", "features"])

