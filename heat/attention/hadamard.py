@@ -91,6 +91,29 @@ class _RmsNormalised(torch.autograd.Function):
         return torch.addcmul(grad, y, dot, value=-1.0).mul_(scale)
 
 
+def softmax_chunk(a: Tensor, b: Tensor, values: Tensor, keep: Tensor | None) -> Tensor:
+    """Per-channel softmax over the keys for a (B, H, C, d) chunk of bounded queries a, keys b
+    and values (B, H, m, d), keep (B|1, 1, C, m, 1) bool or None: (B, H, C, d). Any bound: the
+    softmax subtracts each row's maximum."""
+    logits = a[:, :, :, None, :] * b[:, :, None, :, :]  # (B, H, C, m, d)
+    if keep is not None:
+        logits = logits.masked_fill(~keep, float("-inf"))
+    weights = torch.softmax(logits, dim=3)  # over keys, per channel
+    return (weights * values[:, :, None, :, :]).sum(dim=3)
+
+
+def exp_chunk(a: Tensor, b: Tensor, values: Tensor, keep: Tensor | None, *, bound: float) -> Tensor:
+    """`softmax_chunk` with fewer passes over the (B, H, C, m, d) logits, for bound <=
+    EXP_SAFE_BOUND: every logit lies in [-R^2, R^2], so exp(a b - R^2) lies in [exp(-2 R^2), 1]
+    and neither overflows nor underflows in float32; no per-row maximum is needed and masked
+    keys are multiplied out instead of filled with -inf."""
+    shift = a.new_tensor(-bound ** 2)
+    weights = torch.exp(torch.addcmul(shift, a[:, :, :, None, :], b[:, :, None, :, :]))
+    if keep is not None:
+        weights = weights * keep.to(weights.dtype)
+    return (weights * values[:, :, None, :, :]).sum(dim=3) / weights.sum(dim=3)
+
+
 @register(HadamardSpec)
 class HadamardAttention(AttentionKernel):
     capabilities = Capabilities(causal=True, cross=True, fixed_max_length=False)
@@ -116,37 +139,20 @@ class HadamardAttention(AttentionKernel):
             # a query that sees no key (empty source) outputs 0 rather than NaN
             empty = ~keep.any(dim=-1, keepdim=True)  # (B|1, 1, n, 1)
             keep = keep | empty
-        attend = self._chunk_exp if self.spec.bound <= EXP_SAFE_BOUND else self._chunk_softmax
+        bound = self.spec.bound
         chunks = []
         for start in range(0, n, self.spec.chunk_size):
             stop = min(start + self.spec.chunk_size, n)
             chunk_keep = None if keep is None else keep[:, :, start:stop, :, None]
-            chunks.append(attend(a[:, :, start:stop], b, values, chunk_keep))  # (B, H, C, d)
+            if bound <= EXP_SAFE_BOUND:
+                chunk = exp_chunk(a[:, :, start:stop], b, values, chunk_keep, bound=bound)
+            else:
+                chunk = softmax_chunk(a[:, :, start:stop], b, values, chunk_keep)
+            chunks.append(chunk)  # (B, H, C, d)
         out = torch.cat(chunks, dim=2)
         if empty is not None:
             out = out.masked_fill(empty, 0.0)
         return out.to(q.dtype)
-
-    @staticmethod
-    def _chunk_softmax(a: Tensor, b: Tensor, values: Tensor, keep: Tensor | None) -> Tensor:
-        """Per-channel softmax over the keys of a (B, H, C, d) chunk of bounded queries; keep
-        (B|1, 1, C, m, 1) bool or None. Any bound: the softmax subtracts each row's maximum."""
-        logits = a[:, :, :, None, :] * b[:, :, None, :, :]  # (B, H, C, m, d)
-        if keep is not None:
-            logits = logits.masked_fill(~keep, float("-inf"))
-        weights = torch.softmax(logits, dim=3)  # over keys, per channel
-        return (weights * values[:, :, None, :, :]).sum(dim=3)
-
-    def _chunk_exp(self, a: Tensor, b: Tensor, values: Tensor, keep: Tensor | None) -> Tensor:
-        """As `_chunk_softmax`, with fewer passes over the (B, H, C, m, d) logits: every logit
-        lies in [-R^2, R^2], so exp(a b - R^2) lies in [exp(-2 R^2), 1] and neither overflows
-        nor, for R <= EXP_SAFE_BOUND, underflows in float32; no per-row maximum is needed and
-        masked keys are multiplied out instead of filled with -inf."""
-        shift = a.new_tensor(-self.spec.bound ** 2)
-        weights = torch.exp(torch.addcmul(shift, a[:, :, :, None, :], b[:, :, None, :, :]))
-        if keep is not None:
-            weights = weights * keep.to(weights.dtype)
-        return (weights * values[:, :, None, :, :]).sum(dim=3) / weights.sum(dim=3)
 
     def estimated_bytes(self, *, batch: int, n: int, itemsize: int) -> float:
         """The (chunk, m, d) logits, their softmax and gradients, one query chunk at a time."""
