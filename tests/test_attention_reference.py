@@ -141,3 +141,31 @@ def test_taylor_feature_count_is_symmetric_terms_only():
     kernel = build_attention(TaylorSpec(order=2), head_dim=4, num_heads=1)
     x = torch.randn(3, 4, dtype=torch.float64)
     assert kernel.features(x).shape[-1] == feature_count(4, 2) == 1 + 4 + 10
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n,m,causal", [(9, 9, False), (9, 9, True), (4, 11, True), (6, 10, False)])
+def test_hadamard_fused_cpu_kernel_matches_eager_chunks(monkeypatch, n, m, causal, threads):
+    """The C++ kernels (`cpu_hadamard`) against the eager exp chunks they replace: values and
+    gradients in float32, with padding, a batch row whose keys are all padding (its queries
+    output 0), cached-decoding offsets (n < m), rms inputs and a partial channel block (d 20)."""
+    from heat.attention import hadamard
+
+    assert hadamard._fused_here(torch.device("cpu"), torch.float32)
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, n, 20) * 2, torch.randn(3, 2, m, 20) * 2, torch.randn(3, 2, m, 20)
+    mask = padding([m, m - 3, 0], m)
+    kernel = build_attention(HadamardSpec(input_norm="rms"), head_dim=20, num_heads=2)
+    outs, before = [], torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for disabled in ("1", "0"):  # HEAT_CPU_KERNELS=0: the eager chunks
+            monkeypatch.setenv("HEAT_CPU_KERNELS", disabled)
+            leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+            out = kernel(*leaves, key_padding_mask=mask, causal=causal)
+            outs.append((out, *torch.autograd.grad(out.pow(2).sum(), leaves)))
+    finally:
+        torch.set_num_threads(before)
+    for fused, eager in zip(*outs):
+        torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-6)
+    assert (outs[0][0][2] == 0).all()

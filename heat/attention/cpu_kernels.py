@@ -1,4 +1,5 @@
-"""Fused CPU kernels for folded HEAT: `csrc/folded_heat.cpp`, built on first use, called by ctypes.
+"""Fused CPU kernels for folded HEAT (`csrc/folded_heat.cpp`) and exact hadamard (`csrc/hadamard.cpp`,
+wrapped by `cpu_hadamard`): one library, built on first use, called by ctypes.
 
 Why not eager PyTorch: the folded form does O(P) work per element, but eager PyTorch spends it
 in ~P separate passes over (B, H, n, d) tensors and autograd keeps every intermediate; the fused
@@ -36,12 +37,14 @@ from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).parent / "csrc" / "folded_heat.cpp"
+SOURCES = (Path(__file__).parent / "csrc" / "folded_heat.cpp",
+           Path(__file__).parent / "csrc" / "hadamard.cpp")
+"""Compiled into one library: folded HEAT's kernels and exact hadamard's (`cpu_hadamard`)."""
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd", "-ffp-contract=fast", "-std=c++17",
          "-shared", "-fPIC"]
-ABI_VERSION = 2
+ABI_VERSION = 3
 
-_I64 = ctypes.c_int64
+I64 = ctypes.c_int64
 _build_lock = threading.Lock()
 
 
@@ -63,7 +66,8 @@ def _cpu_signature() -> str:
 def _library_path() -> Path:
     compiler = os.environ.get("CXX", "c++")
     key = hashlib.sha256(
-        SOURCE.read_bytes() + " ".join([compiler, *FLAGS, _cpu_signature()]).encode()
+        b"".join(source.read_bytes() for source in SOURCES)
+        + " ".join([compiler, *FLAGS, _cpu_signature()]).encode()
     ).hexdigest()[:16]
     cache = Path(os.environ.get("HEAT_KERNEL_CACHE", Path.home() / ".cache" / "heat-attention"))
     return cache / f"folded_heat-{key}.so"
@@ -80,7 +84,8 @@ def _build(target: Path) -> None:
     try:
         logger.info("building the fused HEAT CPU kernels (%s, a few seconds, once)", target.name)
         result = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", str(partial)], capture_output=True, text=True
+            [compiler, *FLAGS, *map(str, SOURCES), "-o", str(partial)], capture_output=True,
+            text=True,
         )
         if result.returncode != 0:
             raise KernelUnavailable(f"{compiler} failed:\n{result.stderr[-2000:]}")
@@ -136,24 +141,24 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="heat-kernel")
 
 
-def _ptr(x: Tensor | None) -> ctypes.c_void_p:
+def pointer(x: Tensor | None) -> ctypes.c_void_p:
     return ctypes.c_void_p(None if x is None else x.data_ptr())
 
 
-def _run_tasks(fn, args: list, tasks: int) -> None:
+def run_tasks(fn, args: list, tasks: int) -> None:
     """Call fn(*args, begin, end, ...) over [0, tasks) split across torch's thread count."""
     threads = max(1, min(torch.get_num_threads(), tasks))
     bounds = [tasks * i // threads for i in range(threads + 1)]
     calls = [(bounds[i], bounds[i + 1]) for i in range(threads) if bounds[i] < bounds[i + 1]]
     if len(calls) == 1:
-        fn(*args[0], _I64(0), _I64(tasks), *args[1])
+        fn(*args[0], I64(0), I64(tasks), *args[1])
         return
-    futures = [_pool(threads).submit(fn, *args[0], _I64(b), _I64(e), *args[1]) for b, e in calls]
+    futures = [_pool(threads).submit(fn, *args[0], I64(b), I64(e), *args[1]) for b, e in calls]
     for future in futures:
         future.result()
 
 
-def _suffix(dtype: torch.dtype) -> str:
+def dtype_suffix(dtype: torch.dtype) -> str:
     if dtype == torch.float32:
         return "f32"
     if dtype == torch.float64:
@@ -174,20 +179,20 @@ class _FoldedHeatCPU(torch.autograd.Function):
         v = v.contiguous()
         batch_heads, n, d = tq.shape
         m, degree = tk.shape[1], kernel.shape[0]
-        shape = [_I64(batch_heads), _I64(heads), _I64(n), _I64(m), _I64(d), _I64(degree),
+        shape = [I64(batch_heads), I64(heads), I64(n), I64(m), I64(d), I64(degree),
                  ctypes.c_double(0.0)]
         tasks = batch_heads * -(-d // lib.heat_kernels_block_width())
-        common = [_ptr(tq), _ptr(tk), _ptr(v), _ptr(valid), _ptr(floor), _ptr(kernel)]
+        common = [pointer(tq), pointer(tk), pointer(v), pointer(valid), pointer(floor), pointer(kernel)]
         out = torch.empty_like(tq)
-        suffix = _suffix(tq.dtype)
+        suffix = dtype_suffix(tq.dtype)
         if causal:
-            _run_tasks(getattr(lib, f"heat_causal_fwd_{suffix}"), [common + shape, [_ptr(out)]], tasks)
+            run_tasks(getattr(lib, f"heat_causal_fwd_{suffix}"), [common + shape, [pointer(out)]], tasks)
             mixed = (None, None)
         else:
             mixed = (tq.new_empty(batch_heads, degree, d), tq.new_empty(batch_heads, degree, d))
-            _run_tasks(
+            run_tasks(
                 getattr(lib, f"heat_noncausal_fwd_{suffix}"),
-                [common + shape, [_ptr(out), _ptr(mixed[0]), _ptr(mixed[1])]], tasks,
+                [common + shape, [pointer(out), pointer(mixed[0]), pointer(mixed[1])]], tasks,
             )
         ctx.save_for_backward(tq, tk, v, valid, floor, kernel, *[x for x in mixed if x is not None])
         ctx.heads, ctx.causal, ctx.tasks, ctx.bound = heads, causal, tasks, bound
@@ -200,24 +205,24 @@ class _FoldedHeatCPU(torch.autograd.Function):
         grad = grad.contiguous()
         batch_heads, n, d = tq.shape
         m, degree = tk.shape[1], kernel.shape[0]
-        shape = [_I64(batch_heads), _I64(ctx.heads), _I64(n), _I64(m), _I64(d), _I64(degree),
+        shape = [I64(batch_heads), I64(ctx.heads), I64(n), I64(m), I64(d), I64(degree),
                  ctypes.c_double(1.0 / ctx.bound)]  # gradients for q and k, not for t
-        common = [_ptr(tq), _ptr(tk), _ptr(v), _ptr(valid), _ptr(floor), _ptr(kernel)]
+        common = [pointer(tq), pointer(tk), pointer(v), pointer(valid), pointer(floor), pointer(kernel)]
         dtq, dtk, dv = torch.empty_like(tq), torch.empty_like(tk), torch.empty_like(v)
-        suffix = _suffix(tq.dtype)
+        suffix = dtype_suffix(tq.dtype)
         if ctx.causal:
             scratch = (torch.empty_like(tq), torch.empty_like(tq))
-            _run_tasks(
+            run_tasks(
                 getattr(lib, f"heat_causal_bwd_{suffix}"),
-                [common + [_ptr(grad)] + shape,
-                 [_ptr(dtq), _ptr(dtk), _ptr(dv), _ptr(scratch[0]), _ptr(scratch[1])]],
+                [common + [pointer(grad)] + shape,
+                 [pointer(dtq), pointer(dtk), pointer(dv), pointer(scratch[0]), pointer(scratch[1])]],
                 ctx.tasks,
             )
         else:
-            _run_tasks(
+            run_tasks(
                 getattr(lib, f"heat_noncausal_bwd_{suffix}"),
-                [common + [_ptr(mixed[0]), _ptr(mixed[1]), _ptr(grad)] + shape,
-                 [_ptr(dtq), _ptr(dtk), _ptr(dv)]],
+                [common + [pointer(mixed[0]), pointer(mixed[1]), pointer(grad)] + shape,
+                 [pointer(dtq), pointer(dtk), pointer(dv)]],
                 ctx.tasks,
             )
         return dtq, dtk, dv, None, None, None, None, None, None

@@ -4,8 +4,9 @@ The score of query i and key j is the Hadamard product q_i o k_j: one logit per 
 with its own softmax over keys,
     o_ic = sum_j softmax_j(a_ic b_jc + mask_ij) v_jc,   a = R tanh(q / R), b = R tanh(k / R).
 The bound R keeps every logit in [-R^2, R^2] and is what lets HEAT factorise exp(ab) on a square.
-Cost O(n m d) time; the (chunk, m, d) logits are materialised one query chunk at a time, so memory
-is O(chunk_size * m * d) per head. Causal-capable.
+Cost O(n m d) time. On the CPU (float32/64, R <= EXP_SAFE_BOUND) fused C++ kernels compute it
+with O(n d) memory (`cpu_hadamard`); elsewhere the (chunk, m, d) logits are materialised one query
+chunk at a time, memory O(chunk_size * m * d) per head. Causal-capable.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 
 from heat.attention.base import AttentionKernel, Capabilities, keep_mask
+from heat.attention.cpu_hadamard import hadamard_cpu
 from heat.attention.linear import accumulation_dtype
 from heat.attention.registry import register
 from heat.attention.specs import AttentionSpec
@@ -114,6 +116,16 @@ def exp_chunk(a: Tensor, b: Tensor, values: Tensor, keep: Tensor | None, *, boun
     return (weights * values[:, :, None, :, :]).sum(dim=3) / weights.sum(dim=3)
 
 
+def _fused_here(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the fused C++ kernels (`cpu_hadamard`) run this call: on the CPU, in float32 or
+    float64, where the kernel library builds (`HEAT_CPU_KERNELS=0` turns them off)."""
+    if device.type != "cpu" or dtype not in (torch.float32, torch.float64):
+        return False
+    from heat.attention import cpu_kernels
+
+    return cpu_kernels.unavailable_reason() is None
+
+
 @register(HadamardSpec)
 class HadamardAttention(AttentionKernel):
     capabilities = Capabilities(causal=True, cross=True, fixed_max_length=False)
@@ -132,6 +144,11 @@ class HadamardAttention(AttentionKernel):
         b = bounded(normalised(k.to(dtype), norm), self.spec.bound)  # (B, H, m, d)
         values = v.to(dtype)
         n, m = q.shape[2], k.shape[2]
+        bound = self.spec.bound
+        if bound <= EXP_SAFE_BOUND and _fused_here(q.device, dtype):
+            key_valid = None if key_padding_mask is None else ~key_padding_mask
+            out = hadamard_cpu(a, b, values, key_valid=key_valid, causal=causal, bound=bound)
+            return out.to(q.dtype)
         keep = keep_mask(key_padding_mask, n, m, causal, q.device)  # (B|1, 1, n|1, m) or None
         empty = None
         if keep is not None:
@@ -139,7 +156,6 @@ class HadamardAttention(AttentionKernel):
             # a query that sees no key (empty source) outputs 0 rather than NaN
             empty = ~keep.any(dim=-1, keepdim=True)  # (B|1, 1, n, 1)
             keep = keep | empty
-        bound = self.spec.bound
         chunks = []
         for start in range(0, n, self.spec.chunk_size):
             stop = min(start + self.spec.chunk_size, n)
