@@ -149,7 +149,7 @@ def test_hadamard_fused_cpu_kernel_matches_eager_chunks(monkeypatch, n, m, causa
     """The C++ kernels (`cpu_hadamard`) against the eager exp chunks they replace: values and
     gradients in float32, with padding, a batch row whose keys are all padding (its queries
     output 0), cached-decoding offsets (n < m), rms inputs and a partial channel block (d 20)."""
-    from heat.attention import hadamard
+    from heat.attention import cpu_kernels, hadamard
 
     assert hadamard._fused_here(torch.device("cpu"), torch.float32)
     torch.manual_seed(0)
@@ -159,13 +159,19 @@ def test_hadamard_fused_cpu_kernel_matches_eager_chunks(monkeypatch, n, m, causa
     outs, before = [], torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for disabled in ("1", "0"):  # HEAT_CPU_KERNELS=0: the eager chunks
-            monkeypatch.setenv("HEAT_CPU_KERNELS", disabled)
+        for setting in ("1", "0"):  # HEAT_CPU_KERNELS=0: the eager chunks
+            monkeypatch.setenv("HEAT_CPU_KERNELS", setting)
+            cpu_kernels.library.cache_clear()  # the decision is cached per process
+            cpu_kernels.available.cache_clear()
+            assert hadamard._fused_here(torch.device("cpu"), torch.float32) == (setting == "1")
             leaves = [x.clone().requires_grad_() for x in (q, k, v)]
             out = kernel(*leaves, key_padding_mask=mask, causal=causal)
             outs.append((out, *torch.autograd.grad(out.pow(2).sum(), leaves)))
     finally:
         torch.set_num_threads(before)
+        monkeypatch.undo()
+        cpu_kernels.library.cache_clear()
+        cpu_kernels.available.cache_clear()
     for fused, eager in zip(*outs):
         torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-6)
     assert (outs[0][0][2] == 0).all()

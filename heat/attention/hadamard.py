@@ -19,6 +19,7 @@ from torch import Tensor
 
 from heat.attention.base import AttentionKernel, Capabilities, keep_mask
 from heat.attention.cpu_hadamard import hadamard_cpu
+from heat.attention.fused import fused_available
 from heat.attention.linear import accumulation_dtype
 from heat.attention.registry import register
 from heat.attention.specs import AttentionSpec
@@ -118,12 +119,10 @@ def exp_chunk(a: Tensor, b: Tensor, values: Tensor, keep: Tensor | None, *, boun
 
 def _fused_here(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the fused C++ kernels (`cpu_hadamard`) run this call: on the CPU, in float32 or
-    float64, where the kernel library builds (`HEAT_CPU_KERNELS=0` turns them off)."""
-    if device.type != "cpu" or dtype not in (torch.float32, torch.float64):
-        return False
-    from heat.attention import cpu_kernels
-
-    return cpu_kernels.unavailable_reason() is None
+    float64, where HEAT's kernel library builds (`fused.fused_available`, the same decision and
+    warning as heat's; `HEAT_CPU_KERNELS=0` turns them off). No CUDA kernel exists for hadamard."""
+    return (device.type == "cpu" and dtype in (torch.float32, torch.float64)
+            and fused_available(device))
 
 
 @register(HadamardSpec)
