@@ -240,19 +240,29 @@ def _stage_lines(config: PipelineConfig, task: TaskConfig, run_name: str | None
     from pipeline.stages import STAGES, StageContext
 
     # A stage's inputs() reads the config and the upstream outcomes, never the tracker or cpus.
-    context = StageContext(config, task, run_name or "", tracker=None, cpus=1)  # type: ignore[arg-type]
-    lines = []
-    for stage in STAGES:
-        if stage.per_run and run_name is None:
-            lines.append(f"    {stage.name}: will run (a stage of the run: every new run "
-                         f"runs it; --resume continues a killed run)")
-            continue
-        out = stage_folder(context, stage, stage_inputs(context, stage))
-        done = stagecache.finished(out)
-        result: dict[str, Any] = stagecache.read_result(out) if done else {}
-        context.outcomes[stage.name] = stagecache.StageOutcome(out, result, done, 0.0)
-        lines.append(f"    {stage.name}: {_status(stage, done, out)} -> {out}")
-    return lines, context.outcomes
+    # With `seeds`, the stages of the run once per seed (the shared ones, once).
+    lines: list[str] = []
+    shared: dict[str, StageOutcome] = {}
+    for seed, seeded in config.seeded(task):
+        context = StageContext(config, seeded, run_name or "", tracker=None, cpus=1,  # type: ignore[arg-type]
+                               seed=seed, outcomes=dict(shared))
+        for stage in STAGES:
+            if stage.name in context.outcomes:
+                continue
+            name = stage.name if seed is None or not stage.per_run else \
+                f"{stage.name} (seed {seed})"
+            if stage.per_run and run_name is None:
+                lines.append(f"    {name}: will run (a stage of the run: every new run "
+                             f"runs it; --resume continues a killed run)")
+                continue
+            out = stage_folder(context, stage, stage_inputs(context, stage))
+            done = stagecache.finished(out)
+            result: dict[str, Any] = stagecache.read_result(out) if done else {}
+            context.outcomes[stage.name] = stagecache.StageOutcome(out, result, done, 0.0)
+            lines.append(f"    {name}: {_status(stage, done, out)} -> {out}")
+        shared = {s.name: context.outcomes[s.name] for s in STAGES
+                  if not s.per_run and s.name in context.outcomes}
+    return lines, shared
 
 
 def _status(stage: Any, done: bool, out: str) -> str:

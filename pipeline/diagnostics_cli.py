@@ -52,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--batches", f"must be a positive integer, got {args.batches}")
     run_name, raw = recorded_run(args.run, args.storage_root)
     config = build_config(raw)
-    jobs = [_finished_job(config, task, run_name) for task in config.tasks.values()]
-    rows = {(context.task.name, variant.name): _diagnose(context, job, variant, args.batches)
+    jobs = [_finished_job(config, seeded, run_name, seed) for task in config.tasks.values()
+            for seed, seeded in config.seeded(task)]
+    rows = {(_label(context), variant.name): _diagnose(context, job, variant, args.batches)
             for context, job in jobs for variant in job.variants}
     every = [row for part in rows.values() for row in part]
     print(f"run {run_name}: each attention site's error against its exact counterpart on "
@@ -75,12 +76,19 @@ def run(args: argparse.Namespace) -> int:
 def _diagnose(context: Any, job: Any, variant: Any, batches: int) -> list[Any]:
     from pipeline.diagnostics import diagnose_job
 
-    logger.info("diagnose: %s/%s", context.task.name, variant.name)
-    return [replace(row, task=context.task.name) for row in diagnose_job(job, variant,
-                                                                         batches=batches)]
+    logger.info("diagnose: %s/%s", _label(context), variant.name)
+    return [replace(row, task=_label(context)) for row in diagnose_job(job, variant,
+                                                                      batches=batches)]
 
 
-def _finished_job(config: Any, task: Any, run_name: str) -> tuple[Any, Any]:
+def _label(context: Any) -> str:
+    """The task's name, with the seed in a run with `seeds`: `translation seed 1`."""
+    seed = context.seed
+    return context.task.name if seed is None else f"{context.task.name} seed {seed}"
+
+
+def _finished_job(config: Any, task: Any, run_name: str, seed: int | None = None
+                  ) -> tuple[Any, Any]:
     """(the task's stage context with its finished stages before evaluate, the untracked job
     the evaluate stage scores); a ConfigError when a stage or a variant's weights are missing."""
     from heat.validation import ConfigError
@@ -90,7 +98,8 @@ def _finished_job(config: Any, task: Any, run_name: str) -> tuple[Any, Any]:
     from pipeline.stages.evaluate import EvaluateStage, evaluation_job
 
     # A stage's inputs() reads the config and the upstream outcomes, never the tracker or cpus.
-    context = StageContext(config, task, run_name, tracker=None, cpus=1)  # type: ignore[arg-type]
+    context = StageContext(config, task, run_name, tracker=None, cpus=1,  # type: ignore[arg-type]
+                           seed=seed)
     for stage in STAGES[:[s.name for s in STAGES].index(EvaluateStage.name)]:
         inputs = stage_inputs(context, stage)
         out = stage_folder(context, stage, inputs)
@@ -167,13 +176,14 @@ def _track(config: Any, run_name: str, jobs: list[tuple[Any, Any]],
         for context, job in jobs:
             task = context.task
             children = tracker.child_runs(task.name, [v.name for v in task.variants],
+                                          seed=context.seed,
                                           tags=task_tags(task.kind, task.data.dataset))
             tracked = replace(job, mlflow_run_ids={n: c.run_id for n, c in children.items()},
                               tracked=True)
             try:
                 for variant in task.variants:
                     steps = context.outcomes["train"].result[variant.name]["steps"]
-                    log_diagnostics(tracked, variant, rows[(task.name, variant.name)],
+                    log_diagnostics(tracked, variant, rows[(_label(context), variant.name)],
                                     step=steps)
             finally:
                 for child in children.values():

@@ -35,11 +35,12 @@ from typing import Any, Self
 import yaml
 
 from heat.validation import ConfigError
-from pipeline import console, stagecache, storage
+from pipeline import console, seeds, stagecache, storage
 from pipeline.config import (
     TASK_SECTIONS,
     PipelineConfig,
     RayConfig,
+    TaskConfig,
 )
 from pipeline.errors import console_without_tracebacks, user_error
 from pipeline.runfolder import (
@@ -73,6 +74,13 @@ class StageReport:
     uri: str
     skipped: bool
     wall_s: float
+    seed: int | None = None
+    """The repetition of a stage of the run, in a run with `seeds`."""
+
+    @property
+    def label(self) -> str:
+        """`translation/train`, or `translation/train@1` for seed 1's."""
+        return f"{self.task}/{self.stage}" + ("" if self.seed is None else f"@{self.seed}")
 
 
 @dataclass
@@ -174,10 +182,10 @@ def _execute(config: PipelineConfig, run_name: str, tracker: PipelineTracker, *,
     with ray_session(config.ray) as cpus, sigterm_as_interrupt():
         check_shared(config.storage.root)
         for task in config.tasks.values():
-            context = StageContext(config, task, run_name, tracker, cpus,
-                                   eval_label=(labels or {}).get(task.name, ""))
             result.tasks[task.name] = task.kind
-            result.results[task.name] = _run_task(context, result.stages, finished_before)
+            result.results[task.name] = _run_seeds(config, task, run_name, tracker, cpus,
+                                                   (labels or {}).get(task.name, ""),
+                                                   result.stages, finished_before)
     result.wall_s = time.perf_counter() - start
     summary = format_summary(result)
     storage.write_bytes(run_path(config, run_name, summary_file), summary.encode())
@@ -257,15 +265,35 @@ def _say_where_ray_runs(context: Any) -> None:
 # One task
 
 
+def _run_seeds(config: PipelineConfig, task: TaskConfig, run_name: str,
+               tracker: PipelineTracker, cpus: int, eval_label: str, reports: list[StageReport],
+               finished_before: str | None) -> dict[str, dict[str, Any]]:
+    """The task through its stages once, or with `seeds` its stages of the run once per seed
+    (the shared ones, prepare and tokenize, once): per variant its results, or the seeds'
+    combined (`pipeline.seeds.combine`)."""
+    shared: dict[str, stagecache.StageOutcome] = {}
+    per_seed = {}
+    for seed, seeded in config.seeded(task):
+        context = StageContext(config, seeded, run_name, tracker, cpus, seed=seed,
+                               eval_label=eval_label, outcomes=dict(shared))
+        per_seed[seed] = _run_task(context, reports, finished_before)
+        shared = {stage.name: context.outcomes[stage.name] for stage in STAGES
+                  if not stage.per_run}
+    if config.seeds is None:
+        return per_seed[None]
+    return seeds.combine(per_seed)
+
+
 def _run_task(context: StageContext, reports: list[StageReport],
               finished_before: str | None) -> dict[str, dict[str, Any]]:
-    """Every stage in order; the per-variant results of the stages of the run (train, evaluate),
-    merged, in the config's order of variants."""
+    """Every stage in order (but those already in `context.outcomes`); the per-variant results
+    of the stages of the run (train, evaluate), merged, in the config's order of variants."""
     must_be_finished = bool(finished_before)
     for stage in STAGES:
         if stage.name == finished_before:
             must_be_finished = False
-        context.outcomes[stage.name] = _stage(context, stage, reports, must_be_finished)
+        if stage.name not in context.outcomes:
+            context.outcomes[stage.name] = _stage(context, stage, reports, must_be_finished)
     per_run = [context.outcomes[stage.name].result for stage in STAGES if stage.per_run]
     return {v.name: {k: value for result in per_run for k, value in result[v.name].items()}
             for v in context.task.variants}
@@ -307,7 +335,9 @@ def _stage(context: StageContext, stage: Stage, reports: list[StageReport],
     task = context.task
     inputs = stage_inputs(context, stage)
     out = stage_folder(context, stage, inputs)
-    label = f"{task.name}: {stage.name}"
+    where = task.name if context.seed is None or not stage.per_run else \
+        f"{task.name} seed {context.seed}"
+    label = f"{where}: {stage.name}"
     if not stagecache.finished(out):
         if must_be_finished:
             raise ConfigError("run", f"run {context.run_name!r} has not finished its "
@@ -328,7 +358,8 @@ def _stage(context: StageContext, stage: Stage, reports: list[StageReport],
         logger.info("%s: skipped, finished earlier (%s)", label, out)
     else:
         logger.info("%s: finished in %.1f s", label, outcome.wall_s)
-    reports.append(StageReport(task.name, stage.name, out, outcome.skipped, outcome.wall_s))
+    reports.append(StageReport(task.name, stage.name, out, outcome.skipped, outcome.wall_s,
+                               context.seed if stage.per_run else None))
     return outcome
 
 

@@ -22,18 +22,29 @@ def format_summary(result: PipelineResult) -> str:
     for task, variants in result.results.items():
         kind = result.tasks[task]
         scores = _COLUMNS[kind]
+        seeds = next((v["seeds"] for v in variants.values() if "seeds" in v), None)
         header = ["variant", *(title for title, _ in scores), "tokens/s", "train s", "steps",
                   "attn err"]
-        rows = [[variant, *(number(values.get(key)) for _, key in scores),
+        rows = [[variant, *(_score(values, key, seeds) for _, key in scores),
                  number(values.get("tokens_per_s"), 0), number(values.get("train_wall_s"), 1),
-                 str(values.get("steps", "")), _error(values.get("attention_error"))]
+                 _steps(values.get("steps")), _error(values.get("attention_error"))]
                 for variant, values in variants.items()]
-        lines += [task if task == kind else f"{task} ({kind})", *text_table(header, rows), ""]
+        if seeds:
+            title, key = scores[0]
+            header.append(f"{title} per seed")
+            for row, values in zip(rows, variants.values()):
+                row.append(" ".join(number(values["per_seed"][str(s)].get(key))
+                                    if str(s) in values["per_seed"] else "-" for s in seeds))
+        heading = task if task == kind else f"{task} ({kind})"
+        if seeds:
+            heading += (f", {len(seeds)} seeds ({', '.join(map(str, seeds))}): mean ± half-width "
+                        f"of the 95% t interval; figures after the scores are means")
+        lines += [heading, *text_table(header, rows), ""]
     if result.evaluations:
         lines.append("re-scored with other eval settings, tracked as: " + ", ".join(
             f"{task} {label}/..." for task, label in result.evaluations.items()))
-    ran = [f"{r.task}/{r.stage}" for r in result.stages if not r.skipped]
-    skipped = [f"{r.task}/{r.stage}" for r in result.stages if r.skipped]
+    ran = [r.label for r in result.stages if not r.skipped]
+    skipped = [r.label for r in result.stages if r.skipped]
     lines += [f"stages run: {', '.join(ran) or 'none'}; skipped (finished earlier): "
               f"{', '.join(skipped) or 'none'}",
               f"outputs: {result.storage_root}",
@@ -41,6 +52,20 @@ def format_summary(result: PipelineResult) -> str:
               f"{result.parent_run_id}",
               f"browse: {browse_command(result.tracking_uri, result.experiment_id)}"]
     return "\n".join(lines)
+
+
+def _score(values: dict[str, Any], key: str, seeds: list[int] | None) -> str:
+    """The score, or over several seeds its mean ± the t interval's half-width."""
+    half = values.get(f"{key}_ci95")
+    if not seeds or not isinstance(half, int | float) or half != half:  # NaN: one seed
+        return number(values.get(key))
+    return f"{number(values.get(key))} ± {number(half)}"
+
+
+def _steps(value: Any) -> str:
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.1f}"
+    return str(int(value)) if isinstance(value, int | float) else ""
 
 
 def _error(value: Any) -> str:

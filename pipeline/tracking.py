@@ -14,6 +14,7 @@ tag and the traceback in a `failure.txt` artifact. Nothing already logged is eve
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import traceback
@@ -36,12 +37,15 @@ METRICS_PER_BATCH = 1000  # MLflow's limit on metrics in one log_batch call
 SCORES = ("bleu", "chrf", "accuracy", "f1")
 SUMMARY_FIGURES = (*SCORES, "best_val_loss", "tokens_per_s", "peak_mem_mb", "train_wall_s",
                    "steps")
+SPREADS = ("sd", "ci95", "min", "max")
+"""Over several seeds (`pipeline.seeds`): `bleu_sd`, `bleu_ci95`, ... beside the mean `bleu`."""
 
 TAG_RUN_NAME = "heat.run_name"
 TAG_CONFIG = "heat.config"
 TAG_TASK = "heat.task"
 TAG_VARIANT = "heat.variant"
 TAG_TRIAL = "heat.trial"
+TAG_SEED = "heat.seed"
 TAG_SEARCH = "heat.search"
 TAG_BEST_TRIAL = "heat.best_trial"
 TAG_KIND = "heat.kind"
@@ -155,8 +159,10 @@ class PipelineTracker:
                    parent_run_id, run_name)
 
     def child_runs(self, task: str, variants: list[str], *, trial: str | None = None,
-                   tags: Mapping[str, str] | None = None) -> dict[str, ChildRun]:
-        """A running child run per variant of `task` (and `trial`, for one trial of a search):
+                   seed: int | None = None, tags: Mapping[str, str] | None = None
+                   ) -> dict[str, ChildRun]:
+        """A running child run per variant of `task` (and `trial`, for one trial of a search;
+        `seed`, for one repetition of a run with `seeds`):
         existing ones reopened, missing ones made with `tags` besides the bookkeeping ones
         (`heat.kind`, `heat.dataset`, `heat.search`).
 
@@ -164,7 +170,7 @@ class PipelineTracker:
         logged stay in the same run, and the continued training appends to them."""
         return {variant: ChildRun(task, variant, open_child_run(
                     self.client, self.experiment_id, self.parent_run_id, self.run_name, task,
-                    variant, trial=trial, tags=tags), trial)
+                    variant, trial=trial, seed=seed, tags=tags), trial)
                 for variant in variants}
 
     def log_summary(self, results: Mapping[str, Mapping[str, Mapping[str, Any]]],
@@ -172,17 +178,25 @@ class PipelineTracker:
         """The invocation's results on the parent run: one metric per (task, variant, figure),
         `translation/heat/test/bleu` (scores under `prefixes[task]`, the split or a
         re-scoring's label) or `translation/heat/tokens_per_s`, and the same as a table
-        artifact (`summary.json`, which MLflow's artifact view shows as a table)."""
+        artifact (`summary.json`, which MLflow's artifact view shows as a table). Over several
+        seeds each figure is the seeds' mean, with the spread of the scores beside it
+        (`test/bleu_ci95`, `seeds`)."""
         now = int(time.time() * 1000)
         metrics, rows = [], []
+        keys = [*SUMMARY_FIGURES, *(f"{key}_{s}" for key in (*SCORES, "best_val_loss")
+                                    for s in SPREADS)]
         for task, variants in results.items():
             for variant, values in variants.items():
-                figures = {key: float(values[key]) for key in SUMMARY_FIGURES
+                figures = {key: float(values[key]) for key in keys
                            if isinstance(values.get(key), int | float)
-                           and not isinstance(values.get(key), bool)}
+                           and not isinstance(values.get(key), bool)
+                           and math.isfinite(values[key])}
+                if "seeds" in values:
+                    figures["seeds"] = float(len(values["seeds"]))
                 rows.append({"task": task, "variant": variant, **figures})
                 for key, value in figures.items():
-                    name = f"{prefixes[task]}/{key}" if key in SCORES else key
+                    name = (f"{prefixes[task]}/{key}" if key.partition("_")[0] in SCORES
+                            else key)
                     metrics.append(Metric(f"{task}/{variant}/{name}", value, now, 0))
         for start in range(0, len(metrics), METRICS_PER_BATCH):
             self.client.log_batch(self.parent_run_id,
@@ -235,20 +249,23 @@ def experiment_description(config_name: str, description: str) -> str:
 
 def open_child_run(client: mlflow.MlflowClient, experiment_id: str, parent_run_id: str,
                    run_name: str, task: str, variant: str, *, trial: str | None = None,
-                   tags: Mapping[str, str] | None = None) -> str:
-    """The id of the RUNNING child run of (task, variant, trial) under the parent: the existing
-    one reopened, else a new one (started now: its Duration in the UI is its own)."""
+                   seed: int | None = None, tags: Mapping[str, str] | None = None) -> str:
+    """The id of the RUNNING child run of (task, variant, trial, seed) under the parent: the
+    existing one reopened, else a new one (started now: its Duration in the UI is its own)."""
     query = f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_TASK}` = '{task}' and " \
             f"tags.`{TAG_VARIANT}` = '{variant}'"
     for run in client.search_runs([experiment_id], query):
-        if run.data.tags.get(TAG_TRIAL) == trial:
+        if (run.data.tags.get(TAG_TRIAL) == trial
+                and run.data.tags.get(TAG_SEED) == (None if seed is None else str(seed))):
             if run.info.status != "RUNNING":
                 client.update_run(run.info.run_id, status="RUNNING")
             return run.info.run_id
     run_tags = {**(tags or {}), TAG_PARENT: parent_run_id, TAG_RUN_NAME: run_name,
                 TAG_TASK: task, TAG_VARIANT: variant,
-                **({TAG_TRIAL: trial} if trial is not None else {})}
-    name = f"{task}/{variant}" + (f"/{trial}" if trial is not None else "")
+                **({TAG_TRIAL: trial} if trial is not None else {}),
+                **({TAG_SEED: str(seed)} if seed is not None else {})}
+    name = (f"{task}/{variant}" + (f"/{trial}" if trial is not None else "")
+            + (f"/seed{seed}" if seed is not None else ""))
     return client.create_run(experiment_id, tags=run_tags, run_name=name).info.run_id
 
 

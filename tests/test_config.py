@@ -93,6 +93,17 @@ def test_resolved_config_rebuilds_to_the_same_config():
     assert build_config(config.to_dict()).to_dict() == config.to_dict()
 
 
+def test_seeds_repeat_every_task_at_each_seed_and_round_trip():
+    config = load_config(packaged_config("smoke"), ["seeds=[3, 1]"])
+    task = config.tasks["translation"]
+    assert [(seed, t.train.seed) for seed, t in config.seeded(task)] == [(3, 3), (1, 1)]
+    assert [t.train.max_steps for _, t in config.seeded(task)] == [task.train.max_steps] * 2
+    assert build_config(config.to_dict()).seeds == (3, 1)
+    plain = load_config(packaged_config("smoke"))
+    assert plain.seeds is None and "seeds" not in plain.to_dict()
+    assert plain.seeded(task) == [(None, task)]
+
+
 def test_defaults_merge_under_tasks_and_overrides_apply(tmp_path):
     config = load_config(packaged_config("smoke"), [
         "defaults.train.max_steps=77", "tasks.translation.model.d_model=32",
@@ -231,6 +242,12 @@ def task_of(raw: dict) -> dict:
      "tracking.uri: is required when storage.root is remote (s3://bucket/x)"),
     (lambda r: r.update(tasks={}), "tasks: must be a non-empty mapping"),
     (lambda r: r.update(name="has space"), "name: must be a name matching"),
+    (lambda r: r.update(seeds=[0, 0]), "seeds: must be a non-empty list of distinct non-negative "
+                                       "integers (train.seed of each repetition), got [0, 0]"),
+    (lambda r: r.update(seeds=[]), "seeds: must be a non-empty list"),
+    (lambda r: r.update(seeds=[1, -2]), "seeds: must be a non-empty list"),
+    (lambda r: r.update(seeds=3), "seeds: must be a non-empty list"),
+    (lambda r: r.update(seeds=[True]), "seeds: must be a non-empty list"),
 ])
 def test_bad_configs_name_key_value_and_allowed(tmp_path, edit, expected):
     assert bad(tmp_path, edit).startswith(expected)

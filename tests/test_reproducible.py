@@ -62,3 +62,48 @@ def test_diagnose_reads_the_trained_weights_and_tracks_the_figures(two_runs):
     # the evaluate stage tracked them too (2 validation batches), diagnose added its own
     assert "diag/decoder_cross.0/rel_error" in metrics
     assert metrics["diag/encoder_self.0/q_std_max"] > 0
+
+
+@pytest.fixture(scope="module")
+def seeded_run(two_runs):
+    """The same config once more with `seeds: [0, 1]` (in the same folder: prepare and tokenize
+    are reused)."""
+    folder, client, _ = two_runs
+    done = heat_pipeline("run", str(folder / "tiny.yaml"), "--run-name", "seeded",
+                         "seeds=[0, 1]", cwd=folder)
+    assert done.returncode == 0, done.stderr[-4000:]
+    (experiment,) = client.search_experiments(filter_string="name = 'tiny'")
+    runs = {r.info.run_name: r for r in client.search_runs(
+        [experiment.experiment_id], "tags.`heat.run_name` = 'seeded'")}
+    return folder, done, runs
+
+
+def test_seeds_train_each_seed_in_its_own_child_run_and_seed_0_repeats_the_plain_run(
+        two_runs, seeded_run):
+    _, client, plain = two_runs
+    _, _, runs = seeded_run
+    zero, one = runs["translation/heat/seed0"], runs["translation/heat/seed1"]
+    assert (zero.data.tags["heat.seed"], one.data.tags["heat.seed"]) == ("0", "1")
+    assert (zero.data.params["train.seed"], one.data.params["train.seed"]) == ("0", "1")
+    first = plain[("first", "translation/heat")]  # the tiny config trains at seed 0
+    history = {name: [(m.step, m.value) for m in client.get_metric_history(r.info.run_id,
+                                                                          "train/loss")]
+               for name, r in (("plain", first), ("zero", zero), ("one", one))}
+    assert history["zero"] == history["plain"]
+    assert history["one"] != history["plain"]
+    assert zero.data.metrics["test/bleu"] == first.data.metrics["test/bleu"]
+
+
+def test_seeds_summary_and_parent_run_give_mean_and_spread(seeded_run):
+    folder, done, runs = seeded_run
+    scores = [runs[f"translation/heat/seed{s}"].data.metrics["test/chrf"] for s in (0, 1)]
+    parent = runs["seeded"].data.metrics
+    assert parent["translation/heat/test/chrf"] == pytest.approx(sum(scores) / 2)
+    assert parent["translation/heat/test/chrf_min"] == min(scores)
+    assert parent["translation/heat/test/chrf_sd"] == pytest.approx(abs(scores[0] - scores[1])
+                                                                    / 2 ** 0.5)
+    assert parent["translation/heat/seeds"] == 2
+    summary = (folder / "runs" / "pipeline-runs" / "seeded" / "summary.txt").read_text()
+    assert "2 seeds (0, 1)" in summary and "BLEU per seed" in summary
+    assert "translation/train@0" in summary and "translation/train@1" in summary
+    assert "translation seed 1: train" in done.stdout + done.stderr

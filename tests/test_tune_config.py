@@ -101,6 +101,13 @@ def test_asha_needs_checkpoints_to_compare_at(tmp_path):
     assert caught.value.field == "tasks.translation.train.checkpoint_every"
 
 
+def test_a_search_takes_its_seeds_from_its_searches_not_from_the_pipeline_key(tmp_path):
+    path = write(tmp_path, {"searches": {"s": {"task": "translation", "variant": "heat"}}})
+    with pytest.raises(ConfigError, match="once per seed of its own") as caught:
+        load_tune_config(path, ["seeds=[0, 1]"])
+    assert caught.value.field == "seeds"
+
+
 def test_a_missing_base_and_a_missing_tune_section_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="packaged config") as caught:
         load_tune_config(write(tmp_path, {"searches": {}}, base="nowhere"))

@@ -44,7 +44,8 @@ TASK_SECTIONS: dict[str, type] = {
 }
 """A task's typed sections by key; with its `variants` list they are all a task holds."""
 _TASK_KEYS = (*TASK_SECTIONS, "variants")
-_TOP_KEYS = ("name", "description", "storage", "tracking", "ray", "variants", "defaults", "tasks")
+_TOP_KEYS = ("name", "description", "storage", "tracking", "ray", "seeds", "variants", "defaults",
+             "tasks")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +86,17 @@ class PipelineConfig:
     ray: RayConfig
     variants: dict[str, VariantAttention]
     tasks: dict[str, TaskConfig]
+    seeds: tuple[int, ...] | None = None
+    """Train and evaluate every task once per seed (as its `train.seed`), child runs per seed
+    and the summary's scores as mean and spread (`pipeline.seeds`); None: once, at each task's
+    own `train.seed`."""
+
+    def seeded(self, task: TaskConfig) -> list[tuple[int | None, TaskConfig]]:
+        """(seed, the task trained at it) per repetition; [(None, task)] without `seeds`."""
+        if self.seeds is None:
+            return [(None, task)]
+        return [(seed, dataclasses.replace(task, train=dataclasses.replace(task.train, seed=seed)))
+                for seed in self.seeds]
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config (defaults filled in, paths absolute): printed and tracked."""
@@ -95,6 +107,7 @@ class PipelineConfig:
             "storage": dataclasses.asdict(self.storage),
             "tracking": dataclasses.asdict(self.tracking),
             "ray": dataclasses.asdict(self.ray),
+            **({"seeds": list(self.seeds)} if self.seeds is not None else {}),
             "variants": {label: v.to_dict() for label, v in self.variants.items()},
             "tasks": tasks,
         }
@@ -143,8 +156,19 @@ def build_config(raw: Mapping[str, Any]) -> PipelineConfig:
         name=name, description=description, storage=storage_config,
         tracking=_tracking(build(TrackingConfig, raw.get("tracking"), "tracking"), name,
                            storage_config.root),
-        ray=ray_config, variants=variants, tasks=tasks,
+        ray=ray_config, variants=variants, tasks=tasks, seeds=_seeds(raw.get("seeds")),
     )
+
+
+def _seeds(raw: Any) -> tuple[int, ...] | None:
+    """The `seeds` key: absent or null, or a non-empty list of distinct non-negative ints."""
+    if raw is None:
+        return None
+    if (not isinstance(raw, list) or not raw or len(set(map(repr, raw))) != len(raw)
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in raw)):
+        raise ConfigError("seeds", f"must be a non-empty list of distinct non-negative integers "
+                                   f"(train.seed of each repetition), got {raw!r}")
+    return tuple(raw)
 
 
 def _check_keys(path: str, raw: Any, allowed: tuple[str, ...]) -> None:

@@ -199,6 +199,9 @@ def load_tune_config(path: str, overrides: Sequence[str] = ()) -> TuneConfig:
     if "tune" not in raw:
         raise ConfigError("tune", "is required in a search config (see configs/tune_smoke.yaml)")
     tune_raw = raw.pop("tune")
+    if raw.get("seeds") is not None:
+        raise ConfigError("seeds", "repeats a pipeline run; a search runs each trial once per "
+                                   "seed of its own `tune.searches.<name>.seeds`")
     pipeline = build_config(raw)
     section = build(TuneSection, tune_raw, "tune")
     config = TuneConfig(pipeline, section)

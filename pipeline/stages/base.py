@@ -37,6 +37,8 @@ class StageContext:
     tracker: PipelineTracker
     cpus: int
     """CPUs of the Ray instance (the data stages' parallelism)."""
+    seed: int | None = None
+    """The repetition of a run with `seeds` (the task's `train.seed` then); None without."""
     eval_label: str = ""
     """'' for the run's own evaluation; otherwise the name of a re-scoring with other eval
     settings (`heat-pipeline evaluate`), under which its scores are tracked."""

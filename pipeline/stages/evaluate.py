@@ -305,6 +305,7 @@ class EvaluateStage(Stage):
         """Score into the variants' child runs (reopened if training was skipped), end them."""
         task, tracker = context.task, context.tracker
         children = tracker.child_runs(task.name, [v.name for v in task.variants],
+                                      seed=context.seed,
                                       tags=task_tags(task.kind, task.data.dataset))
         job = evaluation_job(context, {n: c.run_id for n, c in children.items()})
         return evaluate(job, context.outcomes["train"].result, out_uri=out_uri,

@@ -173,7 +173,7 @@ class TrainStage(Stage):
         model_proto = storage.read_bytes(storage.join(tokenized.uri, "spm.model"))
         plan = ChildRunPlan(
             experiment_id=tracker.experiment_id, parent_run_id=tracker.parent_run_id,
-            run_name=tracker.run_name, task=task.name,
+            run_name=tracker.run_name, task=task.name, seed=context.seed,
             tags=task_tags(task.kind, task.data.dataset),
             params={variant.name: variant_params(task, variant, {
                 "data_rows": context.outcomes["prepare"].result["rows"],
@@ -182,7 +182,8 @@ class TrainStage(Stage):
         job = TrainJob.for_task(task, data_uri=tokenized.uri, tokenizer_model=model_proto,
                                 train_uri=out_uri, tracking_uri=tracker.tracking_uri,
                                 child_runs=plan)
-        return train(job, progress=task.name)
+        return train(job, progress=task.name if context.seed is None
+                     else f"{task.name} seed {context.seed}")
 
 
 def variant_params(task: TaskConfig, variant: Variant, extra: dict[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,8 @@ class ChildRunPlan:
     tags: dict[str, str]
     params: dict[str, dict[str, Any]]
     """Variant name -> its params."""
+    seed: int | None = None
+    """The repetition of a run with `seeds` these runs belong to (the `heat.seed` tag)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -55,7 +55,8 @@ class VariantLog:
         tracker = PipelineTracker.attach(tracking_uri=job.tracking_uri,
                                          experiment_id=plan.experiment_id,
                                          parent_run_id=plan.parent_run_id, run_name=plan.run_name)
-        run_id = tracker.child_runs(plan.task, [variant.name], tags=plan.tags)[variant.name].run_id
+        run_id = tracker.child_runs(plan.task, [variant.name], seed=plan.seed,
+                                    tags=plan.tags)[variant.name].run_id
         params = plan.params[variant.name]
         tracker.log_params(run_id, flatten(params))
         tracker.log_text(run_id, yaml.safe_dump(params, sort_keys=False), "config.yaml")
