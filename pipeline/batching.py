@@ -267,7 +267,7 @@ def padded_size(lengths: np.ndarray, batch_tokens: str = "sum") -> int:
 
 def token_budget_batches(
     lengths: np.ndarray, tokens_per_batch: int, *, seed: int | None = None, epoch: int = 0,
-    batch_tokens: str = "sum",
+    batch_tokens: str = "sum", stream: int = 0,
 ) -> list[np.ndarray]:
     """Split examples into batches whose padded size is at most tokens_per_batch.
 
@@ -275,7 +275,9 @@ def token_budget_batches(
     `batch_tokens`: how the columns count (`padded_size`).
     Examples are sorted by total length, ties broken by a permutation drawn from (seed, epoch),
     then cut greedily; with a seed the batch order is shuffled too, otherwise (evaluation) it
-    stays sorted. Returns arrays of example indices; every index appears in exactly one batch.
+    stays sorted. `stream` > 0 draws from (seed, epoch, stream) instead: another rank's
+    independent order. Returns arrays of example indices; every index appears in exactly one
+    batch.
     """
     lengths = np.asarray(lengths, dtype=np.int64).reshape(len(lengths), -1)
     alone = lengths.sum(axis=1) if batch_tokens == "sum" else lengths.max(axis=1)
@@ -286,7 +288,8 @@ def token_budget_batches(
             f"example {i} alone needs {int(alone[i])} padded tokens, more than "
             f"tokens_per_batch={tokens_per_batch}; raise the budget or lower the maximum length"
         )
-    rng = np.random.default_rng([seed, epoch]) if seed is not None else None
+    entropy = [seed, epoch] + ([stream] if stream else [])
+    rng = np.random.default_rng(entropy) if seed is not None else None
     order = rng.permutation(len(lengths)) if rng is not None else np.arange(len(lengths))
     order = order[np.argsort(lengths[order].sum(axis=1), kind="stable")]
     batches = _cut(order, lengths, tokens_per_batch, sum if batch_tokens == "sum" else max)
@@ -326,6 +329,13 @@ class BatchStream:
 
     Each epoch reshuffles with (seed, epoch). `position` is the position of the next batch, so
     saving it and constructing a stream at it later continues with exactly the same batches.
+
+    `rank`: each rank draws its own independent order (rank 0 the one a single worker draws).
+    An optimizer step then combines num_workers x grad_accum_steps independent length buckets,
+    whatever splits them. With one order for every rank, ranks holding equally many examples
+    would cut alike and draw the same length bucket at every step, and a step's batch would be
+    one bucket of num_workers x tokens_per_batch: measured on the smoke translation task, one
+    bucket of 4096 tokens a step costs about 5 BLEU against two independent ones of 2048.
     """
 
     def __init__(
@@ -335,6 +345,7 @@ class BatchStream:
         seed: int,
         position: BatchPosition = BatchPosition(),
         batch_tokens: str = "sum",
+        rank: int = 0,
     ) -> None:
         if len(lengths) == 0:
             raise ValueError("no training examples on this rank: the split is smaller than the "
@@ -343,12 +354,13 @@ class BatchStream:
         self._budget = tokens_per_batch
         self._batch_tokens = batch_tokens
         self._seed = seed
+        self._rank = rank
         self.position = position
         self._epoch_batches = self._batches(position.epoch)
 
     def _batches(self, epoch: int) -> list[np.ndarray]:
         return token_budget_batches(self._lengths, self._budget, seed=self._seed, epoch=epoch,
-                                    batch_tokens=self._batch_tokens)
+                                    batch_tokens=self._batch_tokens, stream=self._rank)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self

@@ -94,6 +94,21 @@ def test_stream_cycles_epochs_and_resumes_from_a_position():
     assert [next(resumed).tolist() for _ in range(per_epoch)] == expected
 
 
+def test_ranks_with_equal_shards_draw_independent_length_buckets():
+    """Two ranks holding the same lengths (equal shards) must not draw the same bucket at
+    every step: that would make a step one bucket of twice the budget."""
+    lengths = random_lengths(n=400)
+    per_epoch = len(token_budget_batches(lengths, 300, seed=7))
+    ranks = [BatchStream(lengths, 300, seed=7, rank=r) for r in (0, 1)]
+    drawn = [[next(stream).tolist() for _ in range(per_epoch)] for stream in ranks]
+    same = sum(a == b for a, b in zip(*drawn))
+    assert same < per_epoch // 4, (same, per_epoch)
+    # rank 0 is the single worker's stream; each rank's stream resumes like any other
+    assert drawn[0] == [b.tolist() for b in token_budget_batches(lengths, 300, seed=7)]
+    again = BatchStream(lengths, 300, seed=7, rank=1)
+    assert [next(again).tolist() for _ in range(per_epoch)] == drawn[1]
+
+
 def test_stream_refuses_an_empty_shard():
     with pytest.raises(ValueError, match="no training examples on this rank"):
         BatchStream(np.zeros((0, 2), dtype=np.int64), 100, seed=0)

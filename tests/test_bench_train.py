@@ -23,7 +23,7 @@ def bench(tmp_path_factory):
     path = write_yaml(folder / "tiny.yaml", config)
     out, plot = folder / "bench" / "train.json", folder / "bench" / "train.png"
     done = heat_pipeline("bench", "train", str(path), "--steps", str(STEPS), "--warmup", "2",
-                         "--seeds", "2", "--evaluate", "--out", str(out), "--plot", str(plot),
+                         "--seeds", "2", "--evaluate", "--plain-in-ray", "--out", str(out), "--plot", str(plot),
                          cwd=folder)
     assert done.returncode == 0, done.stderr[-4000:]
     return done, json.loads(out.read_text()), plot
@@ -31,8 +31,9 @@ def bench(tmp_path_factory):
 
 def test_the_pipeline_worker_trains_exactly_as_the_plain_loop(bench):
     _, result, _ = bench
-    plain, pipeline, reference = result["loops"]
-    assert [loop["name"] for loop in result["loops"]] == ["plain", "pipeline", "reference"]
+    plain, pipeline, in_ray, reference = result["loops"]
+    assert [loop["name"] for loop in result["loops"]] == ["plain", "pipeline", "plain_in_ray",
+                                                          "reference"]
     assert len(plain["losses"]) == STEPS
     # Same weights, batches, dropout, AdamW, schedule and clipping: the same numbers, step by
     # step, to the last bit (ZeRO 0, fp32, one worker; torch's clip_grad_norm_ in both,
@@ -40,6 +41,8 @@ def test_the_pipeline_worker_trains_exactly_as_the_plain_loop(bench):
     assert pipeline["losses"] == plain["losses"]
     assert result["summary"]["pipeline"]["max_abs_loss_gap_vs_plain"] == 0
     assert pipeline["tokens"] == plain["tokens"]
+    # The plain loop's own code inside a Ray Train worker: the same numbers again.
+    assert in_ray["losses"] == plain["losses"] and in_ray["tokens"] == plain["tokens"]
     # The reference model trains on the same batches but is another model.
     assert reference["tokens"] == plain["tokens"]
     assert reference["losses"] != plain["losses"]

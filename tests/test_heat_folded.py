@@ -55,10 +55,11 @@ def test_fast_paths_match_features_with_rms_normalised_inputs(implementation, ca
         assert relative(fast, features) < 1e-4
 
 
+@pytest.mark.parametrize("input_norm", ["none", "rms"])  # rms: inside the fused passes
 @pytest.mark.parametrize("causal", [False, True])
-def test_fused_matches_folded_in_float64(causal):
-    out, grads = run("fused", "svd", 8, 37, 37, causal, 24, torch.float64)
-    ref, ref_grads = run("folded", "svd", 8, 37, 37, causal, 24, torch.float64)
+def test_fused_matches_folded_in_float64(causal, input_norm):
+    out, grads = run("fused", "svd", 8, 37, 37, causal, 24, torch.float64, input_norm)
+    ref, ref_grads = run("folded", "svd", 8, 37, 37, causal, 24, torch.float64, input_norm)
     assert relative(out, ref) < 1e-12
     for fast, folded in zip(grads, ref_grads):
         assert relative(fast, folded) < 1e-12
@@ -90,3 +91,23 @@ def test_auto_falls_back_to_folded_when_the_kernels_are_disabled(monkeypatch):
     finally:
         cpu_kernels.library.cache_clear()
         cpu_kernels.available.cache_clear()
+
+
+def test_fused_rms_takes_strided_inputs_and_zero_vectors():
+    """Queries and keys as a model makes them (a (B, n, H, d) projection transposed), one
+    all-zero query row: the same values and gradients as the folded path, all finite."""
+    spec = dict(rank=8, chunk_size=16, input_norm="rms")
+    fused, folded = (build_attention(HeatSpec(implementation=i, **spec), head_dim=20,
+                                     num_heads=3) for i in ("fused", "folded"))
+    base = [t.transpose(1, 2).contiguous().transpose(1, 2).detach()
+            for t in qkv(2, 3, 19, 19, 20, seed=5)]
+    base[0][1, 2, 4] = 0.0
+    results = []
+    for kernel in (fused, folded):
+        q, k, v = (t.clone().requires_grad_() for t in base)
+        assert not q.is_contiguous()
+        out = kernel(q, k, v, causal=False)
+        (out * torch.linspace(-1, 1, 20)).sum().backward()
+        results.append((out.detach(), q.grad, k.grad, v.grad))
+    for fast, slow in zip(*results):
+        assert torch.isfinite(fast).all() and relative(fast, slow) < 1e-5

@@ -35,14 +35,18 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from heat.attention.input_norm import RMS_EPS
+
 logger = logging.getLogger(__name__)
 
 SOURCES = (Path(__file__).parent / "csrc" / "folded_heat.cpp",
-           Path(__file__).parent / "csrc" / "hadamard.cpp")
-"""Compiled into one library: folded HEAT's kernels and exact hadamard's (`cpu_hadamard`)."""
+           Path(__file__).parent / "csrc" / "hadamard.cpp",
+           Path(__file__).parent / "csrc" / "input_norm.cpp")
+"""Compiled into one library: folded HEAT's kernels, exact hadamard's (`cpu_hadamard`) and the
+rms input norm in front of HEAT's (`input_norm: rms`)."""
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd", "-ffp-contract=fast", "-std=c++17",
          "-shared", "-fPIC"]
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 I64 = ctypes.c_int64
 _build_lock = threading.Lock()
@@ -166,16 +170,44 @@ def dtype_suffix(dtype: torch.dtype) -> str:
     raise TypeError(f"fused HEAT CPU kernels take float32 or float64, got {dtype}")
 
 
+def _rms_bounded(x: Tensor, bound: float) -> tuple[Tensor, Tensor]:
+    """(tanh(y / R), s) for y = x s, s = 1 / sqrt(mean(x^2) + eps) per row of x (rows, d),
+    contiguous: `csrc/input_norm.cpp` writes y / R in the pass that `x / R` would take."""
+    rows, d = x.shape[0] * x.shape[1], x.shape[2]
+    u, scale = torch.empty_like(x), x.new_empty(rows)
+    run_tasks(getattr(library(), f"heat_rms_scale_{dtype_suffix(x.dtype)}"),
+              [[pointer(x), I64(d), ctypes.c_double(1.0 / bound), ctypes.c_double(RMS_EPS)],
+               [pointer(u), pointer(scale)]], rows)
+    return u.tanh_(), scale
+
+
+def _rms_grad(grad: Tensor, x: Tensor, scale: Tensor) -> Tensor:
+    """dL/dx from g = dL/dy for y = x s (`_rms_bounded`), written over g."""
+    rows, d = x.shape[0] * x.shape[1], x.shape[2]
+    run_tasks(getattr(library(), f"heat_rms_grad_{dtype_suffix(x.dtype)}"),
+              [[pointer(grad), pointer(x), pointer(scale), I64(d)], [pointer(grad)]], rows)
+    return grad
+
+
 class _FoldedHeatCPU(torch.autograd.Function):
     """out = folded HEAT(tanh(q / R), tanh(k / R), v) with a hand-written backward for q, k, v.
 
     The tanh bound is applied here rather than by the caller: its gradient (1 - t^2) / R is
-    folded into the kernels' last write, which saves four full passes over q and k."""
+    folded into the kernels' last write, which saves four full passes over q and k. With `rms`
+    the queries and keys are first divided by their root mean square per row (`input_norm:
+    rms`), in the same pass, and its backward is one more pass over each."""
 
     @staticmethod
-    def forward(ctx, q, k, v, valid, floor, kernel, heads: int, causal: bool, bound: float):
+    def forward(ctx, q, k, v, valid, floor, kernel, heads: int, causal: bool, bound: float,
+                rms: bool = False):
         lib = library()
-        tq, tk = torch.tanh(q / bound).contiguous(), torch.tanh(k / bound).contiguous()
+        if rms:
+            q, k = q.contiguous(), k.contiguous()
+            (tq, scale_q), (tk, scale_k) = _rms_bounded(q, bound), _rms_bounded(k, bound)
+            ctx.rms = (q, k, scale_q, scale_k)  # not save_for_backward: q, k are inputs
+        else:
+            tq, tk = torch.tanh(q / bound).contiguous(), torch.tanh(k / bound).contiguous()
+            ctx.rms = None
         v = v.contiguous()
         batch_heads, n, d = tq.shape
         m, degree = tk.shape[1], kernel.shape[0]
@@ -225,14 +257,18 @@ class _FoldedHeatCPU(torch.autograd.Function):
                  [pointer(dtq), pointer(dtk), pointer(dv)]],
                 ctx.tasks,
             )
-        return dtq, dtk, dv, None, None, None, None, None, None
+        if ctx.rms is not None:
+            q, k, scale_q, scale_k = ctx.rms
+            dtq, dtk = _rms_grad(dtq, q, scale_q), _rms_grad(dtk, k, scale_k)
+        return dtq, dtk, dv, None, None, None, None, None, None, None
 
 
 def folded_heat_cpu(
     q: Tensor, k: Tensor, v: Tensor, kernel: Tensor, *, bound: float,
-    key_valid: Tensor | None, causal: bool, floor: Tensor,
+    key_valid: Tensor | None, causal: bool, floor: Tensor, input_norm: str = "none",
 ) -> Tensor:
-    """The fused equivalent of `folded.folded_heat` on t = tanh(q / R), tanh(k / R).
+    """The fused equivalent of `folded.folded_heat` on t = tanh(q / R), tanh(k / R), with
+    `input_norm: rms` on t = tanh(rms(q) / R), tanh(rms(k) / R) (`input_norm.normalised`).
 
     q (B, H, n, d), k and v (B, H, m, d), kernel (P, P) symmetric, key_valid (B, m) or None,
     floor (B, n), on the CPU; computed in float64 for float64 inputs, else float32 (the caller
@@ -248,6 +284,6 @@ def folded_heat_cpu(
     out = _FoldedHeatCPU.apply(
         q.reshape(batch * heads, n, d), k.reshape(batch * heads, m, d),
         v.reshape(batch * heads, m, d), valid, floor.to(dtype).contiguous(),
-        kernel.to(dtype).contiguous(), heads, causal, bound,
+        kernel.to(dtype).contiguous(), heads, causal, bound, input_norm == "rms",
     )
     return out.view(batch, heads, n, d)

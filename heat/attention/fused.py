@@ -32,14 +32,19 @@ def kernel_layout(kernel: Tensor) -> Tensor:
 
 def fused_heat(
     q: Tensor, k: Tensor, v: Tensor, kernel: Tensor, *, degree: int, bound: float,
-    key_valid: Tensor | None, causal: bool, floor: Tensor | float,
+    key_valid: Tensor | None, causal: bool, floor: Tensor | float, input_norm: str = "none",
 ) -> Tensor:
     """Folded HEAT on t = tanh(q / R), tanh(k / R) (the bound is applied inside, its gradient
     too): queries (B, H, n, d), keys and values (B, H, m, d); kernel = `kernel_layout(C C^T)`
     with P = degree; key_valid (B, m) bool or None; floor the normaliser floor, (B, n) or one
-    number for every query. -> (B, H, n, d)."""
+    number for every query; `input_norm` as `input_norm.normalised` says, before the bound (on
+    the CPU inside the kernels' passes). -> (B, H, n, d)."""
     if q.device.type == "cuda":
+        from heat.attention.input_norm import normalised
         from heat.attention.triton_kernels import folded_heat_triton
+
+        if input_norm != "none":  # in fp32, as every eager path normalises
+            q, k = (normalised(x.float(), input_norm).to(x.dtype) for x in (q, k))
 
         return folded_heat_triton(q, k, v, kernel, degree=degree, bound=bound,
                                   key_valid=key_valid, causal=causal, floor=floor)
@@ -48,4 +53,4 @@ def fused_heat(
     if not isinstance(floor, Tensor):
         floor = torch.full((q.shape[0], q.shape[2]), floor, dtype=torch.float32)
     return folded_heat_cpu(q, k, v, kernel, bound=bound, key_valid=key_valid, causal=causal,
-                           floor=floor)
+                           floor=floor, input_norm=input_norm)

@@ -165,18 +165,18 @@ class HeatAttention(AttentionKernel):
 
     def _attend(self, q, k, v, *, key_padding_mask, query_padding_mask, causal) -> Tensor:
         in_dtype, dtype = q.dtype, accumulation_dtype(q.dtype)
-        if self.spec.input_norm != "none":  # before the bound, which every path applies
-            q, k = (normalised(x.to(dtype), self.spec.input_norm).to(in_dtype) for x in (q, k))
         floor = self._normaliser_floor(key_padding_mask, q, k, causal)  # (B, n) or a number
         implementation = self.implementation_for(q.device, causal)
-        if implementation == "fused":  # applies the bound R tanh(x / R) itself, fp32 inside
+        if implementation == "fused":  # applies the input norm and the bound R tanh(x / R)
             valid = None if key_padding_mask is None else ~key_padding_mask  # (B, m)
             out = fused_heat(
                 q, k, v, self._kernel_on(q.device, dtype, fused=True),
                 degree=self.kernel_matrix.shape[0], bound=self.spec.bound, key_valid=valid,
-                causal=causal, floor=floor,
+                causal=causal, floor=floor, input_norm=self.spec.input_norm,
             )
             return out.to(in_dtype)
+        if self.spec.input_norm != "none":  # before the bound, which every path applies
+            q, k = (normalised(x.to(dtype), self.spec.input_norm).to(in_dtype) for x in (q, k))
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         floor = (floor.to(dtype) if isinstance(floor, Tensor)
                  else q.new_full((q.shape[0], q.shape[2]), floor))

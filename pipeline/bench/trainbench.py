@@ -8,6 +8,8 @@ tokenize stages, cached), the same seed and the same batches in the same order:
     pipeline   the same through Ray Train + DeepSpeed: the pipeline's own worker code
                (`VariantRun.timed_steps`), the job's workers, precision and ZeRO stage
     reference  `torch.nn.Transformer` of the same sizes in the plain loop (translation only)
+    plain_in_ray  (`--plain-in-ray`) the plain loop inside a Ray Train worker: Ray's process
+               environment without the pipeline's code or DeepSpeed
 
 Per loop: the loss of every step, tokens/s (real source + target tokens over the steps' wall
 time), and the steps' time split into data, forward, backward, optimizer and the rest
@@ -58,6 +60,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-pipeline", action="store_true",
                         help="skip the Ray Train + DeepSpeed loop (quality runs: its losses are "
                              "the plain loop's with one worker, ZeRO 0, fp32)")
+    parser.add_argument("--plain-in-ray", action="store_true",
+                        help="also run the plain loop inside a Ray Train worker (one worker): "
+                             "separates what Ray's processes cost from the pipeline's code")
     parser.add_argument("--out", type=Path, help="write the records as JSON here")
     parser.add_argument("--plot", type=Path, help="write loss curves and step times here (PNG)")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -85,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
     result = bench_training(config, task.name, variant.name, args.steps,
                             reference=not args.no_reference, repeats=args.repeats,
                             warmup=args.warmup, seeds=args.seeds, evaluate=args.evaluate,
-                            pipeline=not args.no_pipeline)
+                            pipeline=not args.no_pipeline, plain_in_ray=args.plain_in_ray)
     print(format_table(result))
     if result["quality"]:
         print(format_quality(result))
@@ -108,8 +113,8 @@ def _pick(choices: dict[str, Any], name: str | None, flag: str) -> Any:
 
 def bench_training(config: Any, task_name: str, variant_name: str, steps: int, *,
                    reference: bool = True, repeats: int = 1, warmup: int = 20,
-                   seeds: int = 1, evaluate: bool = False, pipeline: bool = True
-                   ) -> dict[str, Any]:
+                   seeds: int = 1, evaluate: bool = False, pipeline: bool = True,
+                   plain_in_ray: bool = False) -> dict[str, Any]:
     """The loops' records and their comparison (what `--out` holds). With `repeats` > 1 the
     loops run in turn that many times (plain, pipeline, reference, plain, ...), so that load
     drifting on a shared machine hits them alike; with `seeds` > 1 so does each seed from
@@ -148,6 +153,8 @@ def bench_training(config: Any, task_name: str, variant_name: str, steps: int, *
             loops = [lambda: plain_loop(job, data, steps, **scored)]
             if pipeline:
                 loops.append(lambda: pipeline_loop(job, steps))
+            if plain_in_ray:
+                loops.append(lambda: plain_in_ray_loop(job, steps))
             if reference and task.kind == "translation":
                 loops.append(lambda: plain_loop(job, data, steps, reference=True, **scored))
             for loop in loops:
@@ -167,13 +174,25 @@ def bench_training(config: Any, task_name: str, variant_name: str, steps: int, *
 
 def pipeline_loop(job: Any, steps: int) -> LoopRecord:
     """`steps` steps through Ray Train + DeepSpeed, the pipeline's worker code."""
+    return _in_ray_train(job, steps, _pipeline_worker)
+
+
+def plain_in_ray_loop(job: Any, steps: int) -> LoopRecord:
+    """The plain loop itself inside a Ray Train worker: the pipeline's workers, resources,
+    threads and process (its niceness, Ray's actors beside it), no DeepSpeed and none of the
+    pipeline's training code. Against `plain` it measures what Ray's environment costs;
+    against `pipeline`, what the pipeline's code costs in that environment."""
+    return _in_ray_train(job, steps, _plain_worker)
+
+
+def _in_ray_train(job: Any, steps: int, worker_loop: Any) -> LoopRecord:
     from ray.train import RunConfig
     from ray.train.torch import TorchTrainer
 
     from pipeline.stages.train import scaling_config, worker_env
 
     trainer = TorchTrainer(
-        _pipeline_worker, train_loop_config={"job": job, "steps": steps},
+        worker_loop, train_loop_config={"job": job, "steps": steps},
         scaling_config=scaling_config(job.train),
         run_config=RunConfig(name=job.run_name, storage_path=job.storage_uri,
                              worker_runtime_env={"env_vars": worker_env(job.train)}))
@@ -182,8 +201,6 @@ def pipeline_loop(job: Any, steps: int) -> LoopRecord:
 
 
 def _pipeline_worker(config: dict[str, Any]) -> None:
-    import ray.train
-
     from pipeline.training.phases import Phases
     from pipeline.training.rankdata import load_data
     from pipeline.training.state import Progress
@@ -193,10 +210,27 @@ def _pipeline_worker(config: dict[str, Any]) -> None:
     worker = start_worker(job)
     run = VariantRun(job, job.variants[0], worker, load_data(job, worker), Progress())
     phases = Phases(worker.device)
-    record = LoopRecord.of("pipeline", run.timed_steps(steps, phases), phases)
+    _report_record(worker, LoopRecord.of("pipeline", run.timed_steps(steps, phases), phases))
+
+
+def _plain_worker(config: dict[str, Any]) -> None:
+    from pipeline.training.rankdata import load_data
+    from pipeline.training.worker import start_worker
+
+    job, steps = config["job"], config["steps"]
+    worker = start_worker(job)
+    record = plain_loop(job, load_data(job, worker), steps, device=worker.device)
+    record.name = "plain_in_ray"
+    _report_record(worker, record)
+
+
+def _report_record(worker: Any, record: LoopRecord) -> None:
+    """Rank 0's record back to the driver, as a checkpoint: Ray Train's result channel."""
+    import ray.train
+
     with tempfile.TemporaryDirectory(prefix="heat-bench-") as folder:
         checkpoint = None
-        if worker.is_main:  # the records go back as a checkpoint: Ray Train's result channel
+        if worker.is_main:
             (Path(folder) / "record.json").write_text(json.dumps(record.to_dict()))
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report({}, checkpoint=checkpoint)
@@ -282,7 +316,7 @@ def format_quality(result: dict[str, Any]) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    head = (f"{'loop':<10} {'loss@100':>9} {'final':>7} {'max|dloss|':>10} {'tok/s':>8} "
+    head = (f"{'loop':<12} {'loss@100':>9} {'final':>7} {'max|dloss|':>10} {'tok/s':>8} "
             f"{'ratio':>6} " + " ".join(f"{p[:5]:>6}" for p in PARTS) + "  (ms/step)")
     lines = [f"bench train: {result['config']} / {result['task']} / {result['variant']}, "
              f"{result['steps']} steps x {result['repeats']} (speed after step "
@@ -291,7 +325,7 @@ def format_table(result: dict[str, Any]) -> str:
         at = s["loss_at"].get("100")
         gap = s.get("max_abs_loss_gap_vs_plain")
         lines.append(
-            f"{name:<10} {'' if at is None else f'{at:.4f}':>9} {s['final_loss']:>7.4f} "
+            f"{name:<12} {'' if at is None else f'{at:.4f}':>9} {s['final_loss']:>7.4f} "
             f"{'' if gap is None else f'{gap:.1e}':>10} {s['tokens_per_s']:>8,.0f} "
             f"{s['tokens_per_s_vs_plain']:>5.2f}x "
             + " ".join(f"{s['ms_per_step'][p]:>6.1f}" for p in PARTS))

@@ -294,7 +294,7 @@ class EvaluateStage(Stage):
     name = "evaluate"
     sections = ("eval",)
     code = ("pipeline/stages/evaluate.py", "pipeline/batching.py", "pipeline/training/outputs.py",
-            "pipeline/diagnostics.py", "heat/**/*.py")
+            "pipeline/diagnostics.py", "heat/**/*.py", "heat/**/*.cpp")
     per_run = True
 
     def inputs(self, context: StageContext) -> dict[str, Any]:

@@ -155,7 +155,7 @@ class TrainStage(Stage):
     name = "train"
     sections = ("model", "train")
     code = ("pipeline/stages/train.py", "pipeline/batching.py", "pipeline/training/*.py",
-            "heat/**/*.py")
+            "heat/**/*.py", "heat/**/*.cpp")
     per_run = True
     keep_partial = True
 

@@ -163,7 +163,8 @@ class VariantRun:
             self._say(f"training, {self.train.max_steps} steps")
         self.attempt_start, self.attempt_first_step = time.perf_counter(), self.state.step
         self.stream = BatchStream(self.data.train.lengths(), self.train.tokens_per_batch,
-                                  self.train.seed, position, self.train.batch_tokens)
+                                  self.train.seed, position, self.train.batch_tokens,
+                                  rank=self.worker.rank)
         self.engine.train()
         if self.log is not None:
             model = self.objective.model

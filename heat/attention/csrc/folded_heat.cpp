@@ -377,6 +377,6 @@ HEAT_DISPATCH(causal_bwd)
 HEAT_EXPORT(f32, float)
 HEAT_EXPORT(f64, double)
 
-extern "C" int heat_kernels_abi_version() { return 3; }  // 3: with hadamard.cpp
+extern "C" int heat_kernels_abi_version() { return 4; }  // 3: hadamard.cpp, 4: input_norm.cpp
 extern "C" int heat_kernels_block_width() { return W; }
 extern "C" int heat_kernels_max_degree() { return PMAX; }

@@ -1,0 +1,64 @@
+// input_norm: rms in front of the fused HEAT kernels, one pass each way.
+//
+// Forward, per row x (one position's d channels of one head):
+//   s = 1 / sqrt(mean(x^2) + eps),  u = x * s * factor        (factor = 1 / R: tanh's argument)
+// written to u, s kept per row. The caller applies tanh to u in place, so with the norm the
+// forward makes the same number of passes over q and k as without it (where q / R is one).
+// Backward, given g = dL/dy for y = x * s (the fused kernels' gradient with respect to the
+// normalised input, tanh's chain rule already folded in):
+//   dx = s * g - s^3 * x * (g . x) / d
+// Tasks are rows; each reads and writes only its own row.
+
+#include <cmath>
+#include <cstdint>
+
+namespace {
+
+template <typename T>
+void rms_scale(const T* x, int64_t d, double factor, double eps, int64_t begin, int64_t end,
+               T* u, T* scale) {
+  for (int64_t row = begin; row < end; ++row) {
+    const T* xr = x + row * d;
+    T* ur = u + row * d;
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t c = 0; c < d; ++c) sum += xr[c] * xr[c];
+    const T s = static_cast<T>(1.0 / std::sqrt(static_cast<double>(sum) / d + eps));
+    const T f = s * static_cast<T>(factor);
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) ur[c] = xr[c] * f;
+    scale[row] = s;
+  }
+}
+
+template <typename T>
+void rms_grad(const T* g, const T* x, const T* scale, int64_t d, int64_t begin, int64_t end,
+              T* dx) {
+  for (int64_t row = begin; row < end; ++row) {
+    const T* gr = g + row * d;
+    const T* xr = x + row * d;
+    T* dr = dx + row * d;
+    T dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t c = 0; c < d; ++c) dot += gr[c] * xr[c];
+    const T s = scale[row];
+    const T mix = s * s * s * dot / static_cast<T>(d);
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) dr[c] = s * gr[c] - mix * xr[c];
+  }
+}
+
+}  // namespace
+
+#define RMS_EXPORT(SUFFIX, T)                                                                  \
+  extern "C" void heat_rms_scale_##SUFFIX(const T* x, int64_t d, double factor, double eps,   \
+                                          int64_t begin, int64_t end, T* u, T* scale) {        \
+    rms_scale<T>(x, d, factor, eps, begin, end, u, scale);                                     \
+  }                                                                                            \
+  extern "C" void heat_rms_grad_##SUFFIX(const T* g, const T* x, const T* scale, int64_t d,   \
+                                         int64_t begin, int64_t end, T* dx) {                  \
+    rms_grad<T>(g, x, scale, d, begin, end, dx);                                               \
+  }
+
+RMS_EXPORT(f32, float)
+RMS_EXPORT(f64, double)
