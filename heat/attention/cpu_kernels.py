@@ -170,23 +170,27 @@ def dtype_suffix(dtype: torch.dtype) -> str:
     raise TypeError(f"fused HEAT CPU kernels take float32 or float64, got {dtype}")
 
 
-def _rms_bounded(x: Tensor, bound: float) -> tuple[Tensor, Tensor]:
-    """(tanh(y / R), s) for y = x s, s = 1 / sqrt(mean(x^2) + eps) per row of x (rows, d),
-    contiguous: `csrc/input_norm.cpp` writes y / R in the pass that `x / R` would take."""
-    rows, d = x.shape[0] * x.shape[1], x.shape[2]
-    u, scale = torch.empty_like(x), x.new_empty(rows)
-    run_tasks(getattr(library(), f"heat_rms_scale_{dtype_suffix(x.dtype)}"),
-              [[pointer(x), I64(d), ctypes.c_double(1.0 / bound), ctypes.c_double(RMS_EPS)],
-               [pointer(u), pointer(scale)]], rows)
-    return u.tanh_(), scale
+def _rms_bounded(q: Tensor, k: Tensor, bound: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(tanh(y_q / R), tanh(y_k / R), s_q, s_k) for y = x s, s = 1 / sqrt(mean(x^2) + eps) per
+    row of q (rows, d) and k, contiguous: `csrc/input_norm.cpp` writes y / R in the pass that
+    `x / R` would take, both in one dispatch."""
+    rows_q, rows_k, d = q.shape[0] * q.shape[1], k.shape[0] * k.shape[1], q.shape[2]
+    uq, uk, sq, sk = torch.empty_like(q), torch.empty_like(k), q.new_empty(rows_q), k.new_empty(rows_k)
+    run_tasks(getattr(library(), f"heat_rms_scale_{dtype_suffix(q.dtype)}"),
+              [[pointer(q), pointer(k), I64(rows_q), I64(d), ctypes.c_double(1.0 / bound),
+                ctypes.c_double(RMS_EPS)], [pointer(uq), pointer(uk), pointer(sq), pointer(sk)]],
+              rows_q + rows_k)
+    return uq.tanh_(), uk.tanh_(), sq, sk
 
 
-def _rms_grad(grad: Tensor, x: Tensor, scale: Tensor) -> Tensor:
-    """dL/dx from g = dL/dy for y = x s (`_rms_bounded`), written over g."""
-    rows, d = x.shape[0] * x.shape[1], x.shape[2]
-    run_tasks(getattr(library(), f"heat_rms_grad_{dtype_suffix(x.dtype)}"),
-              [[pointer(grad), pointer(x), pointer(scale), I64(d)], [pointer(grad)]], rows)
-    return grad
+def _rms_grad(gq: Tensor, gk: Tensor, rms: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+    """dL/dq, dL/dk from g = dL/dy for y = x s (`_rms_bounded`), written over the g's."""
+    q, k, sq, sk = rms
+    rows_q, rows_k, d = q.shape[0] * q.shape[1], k.shape[0] * k.shape[1], q.shape[2]
+    run_tasks(getattr(library(), f"heat_rms_grad_{dtype_suffix(q.dtype)}"),
+              [[pointer(gq), pointer(gk), pointer(q), pointer(k), pointer(sq), pointer(sk),
+                I64(rows_q), I64(d)], [pointer(gq), pointer(gk)]], rows_q + rows_k)
+    return gq, gk
 
 
 class _FoldedHeatCPU(torch.autograd.Function):
@@ -203,7 +207,7 @@ class _FoldedHeatCPU(torch.autograd.Function):
         lib = library()
         if rms:
             q, k = q.contiguous(), k.contiguous()
-            (tq, scale_q), (tk, scale_k) = _rms_bounded(q, bound), _rms_bounded(k, bound)
+            tq, tk, scale_q, scale_k = _rms_bounded(q, k, bound)
             ctx.rms = (q, k, scale_q, scale_k)  # not save_for_backward: q, k are inputs
         else:
             tq, tk = torch.tanh(q / bound).contiguous(), torch.tanh(k / bound).contiguous()
@@ -258,8 +262,7 @@ class _FoldedHeatCPU(torch.autograd.Function):
                 ctx.tasks,
             )
         if ctx.rms is not None:
-            q, k, scale_q, scale_k = ctx.rms
-            dtq, dtk = _rms_grad(dtq, q, scale_q), _rms_grad(dtk, k, scale_k)
+            dtq, dtk = _rms_grad(dtq, dtk, ctx.rms)
         return dtq, dtk, dv, None, None, None, None, None, None, None
 
 

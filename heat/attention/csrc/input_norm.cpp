@@ -50,14 +50,22 @@ void rms_grad(const T* g, const T* x, const T* scale, int64_t d, int64_t begin, 
 
 }  // namespace
 
+// Queries and keys in one call (rows [0, rows_q) of q, then those of k): one dispatch each way.
 #define RMS_EXPORT(SUFFIX, T)                                                                  \
-  extern "C" void heat_rms_scale_##SUFFIX(const T* x, int64_t d, double factor, double eps,   \
-                                          int64_t begin, int64_t end, T* u, T* scale) {        \
-    rms_scale<T>(x, d, factor, eps, begin, end, u, scale);                                     \
+  extern "C" void heat_rms_scale_##SUFFIX(const T* xq, const T* xk, int64_t rows_q, int64_t d, \
+                                          double factor, double eps, int64_t begin,            \
+                                          int64_t end, T* uq, T* uk, T* sq, T* sk) {           \
+    if (begin < rows_q) rms_scale<T>(xq, d, factor, eps, begin, end < rows_q ? end : rows_q,   \
+                                     uq, sq);                                                  \
+    if (end > rows_q) rms_scale<T>(xk, d, factor, eps, (begin > rows_q ? begin : rows_q) -     \
+                                   rows_q, end - rows_q, uk, sk);                              \
   }                                                                                            \
-  extern "C" void heat_rms_grad_##SUFFIX(const T* g, const T* x, const T* scale, int64_t d,   \
-                                         int64_t begin, int64_t end, T* dx) {                  \
-    rms_grad<T>(g, x, scale, d, begin, end, dx);                                               \
+  extern "C" void heat_rms_grad_##SUFFIX(const T* gq, const T* gk, const T* xq, const T* xk,  \
+                                         const T* sq, const T* sk, int64_t rows_q, int64_t d,  \
+                                         int64_t begin, int64_t end, T* dq, T* dk) {           \
+    if (begin < rows_q) rms_grad<T>(gq, xq, sq, d, begin, end < rows_q ? end : rows_q, dq);   \
+    if (end > rows_q) rms_grad<T>(gk, xk, sk, d, (begin > rows_q ? begin : rows_q) - rows_q,  \
+                                  end - rows_q, dk);                                           \
   }
 
 RMS_EXPORT(f32, float)
