@@ -33,7 +33,7 @@ def format_summary(result: PipelineResult) -> str:
             title, key = scores[0]
             header.append(f"{title} per seed")
             for row, values in zip(rows, variants.values()):
-                row.append(" ".join(number(values["per_seed"][str(s)].get(key))
+                row.append(" ".join(number(values["per_seed"][str(s)].get(key), _digits(key))
                                     if str(s) in values["per_seed"] else "-" for s in seeds))
         heading = task if task == kind else f"{task} ({kind})"
         if seeds:
@@ -56,10 +56,15 @@ def format_summary(result: PipelineResult) -> str:
 
 def _score(values: dict[str, Any], key: str, seeds: list[int] | None) -> str:
     """The score, or over several seeds its mean ± the t interval's half-width."""
-    half = values.get(f"{key}_ci95")
+    half, digits = values.get(f"{key}_ci95"), _digits(key)
     if not seeds or not isinstance(half, int | float) or half != half:  # NaN: one seed
-        return number(values.get(key))
-    return f"{number(values.get(key))} ± {number(half)}"
+        return number(values.get(key), digits)
+    return f"{number(values.get(key), digits)} ± {number(half, digits)}"
+
+
+def _digits(key: str) -> int:
+    """Accuracy and F1 are fractions: a point is 0.01, so three decimals; BLEU, chrF two."""
+    return 3 if key in ("accuracy", "f1") else 2
 
 
 def _steps(value: Any) -> str:
