@@ -107,7 +107,7 @@ def test_child_runs_hold_config_tokenizer_checkpoint_hypotheses_and_loss_curve(s
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "tokenizer", "hypotheses.txt", "loss_curve.png",
             "best_checkpoint"} <= artifacts
-    assert run.data.params["attention.encoder_self.rank"] == "8"
+    assert run.data.params["attention.encoder_self.rank"] == "12"  # configs/smoke.yaml
     parent = tracked_runs(store, run_name)[run_name]
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"config.yaml",
                                                                            "summary.txt"}
