@@ -111,3 +111,18 @@ def test_fused_rms_takes_strided_inputs_and_zero_vectors():
         results.append((out.detach(), q.grad, k.grad, v.grad))
     for fast, slow in zip(*results):
         assert torch.isfinite(fast).all() and relative(fast, slow) < 1e-5
+
+
+@pytest.mark.parametrize("threads", [1, 3])  # 3: task ranges that straddle q's and k's rows
+@pytest.mark.parametrize("n,m,causal", [(5, 37, True), (29, 41, False), (41, 29, False)])
+def test_fused_rms_matches_folded_when_queries_and_keys_differ_in_length(n, m, causal, threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out, grads = run("fused", "svd", 8, n, m, causal, 24, torch.float64, "rms")
+        ref, ref_grads = run("folded", "svd", 8, n, m, causal, 24, torch.float64, "rms")
+    finally:
+        torch.set_num_threads(before)
+    assert relative(out, ref) < 1e-12
+    for fast, folded in zip(grads, ref_grads):
+        assert relative(fast, folded) < 1e-12

@@ -9,6 +9,7 @@
 //   dx = s * g - s^3 * x * (g . x) / d
 // Tasks are rows; each reads and writes only its own row.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -48,24 +49,30 @@ void rms_grad(const T* g, const T* x, const T* scale, int64_t d, int64_t begin, 
   }
 }
 
+// Tasks [begin, end) run over the rows of q, then those of k (one dispatch for both):
+// f(false, b, e) for q's rows [b, e), f(true, b, e) for k's.
+template <typename F>
+void q_then_k(int64_t rows_q, int64_t begin, int64_t end, F f) {
+  if (begin < rows_q) f(false, begin, std::min(end, rows_q));
+  if (end > rows_q) f(true, std::max(begin, rows_q) - rows_q, end - rows_q);
+}
+
 }  // namespace
 
-// Queries and keys in one call (rows [0, rows_q) of q, then those of k): one dispatch each way.
 #define RMS_EXPORT(SUFFIX, T)                                                                  \
   extern "C" void heat_rms_scale_##SUFFIX(const T* xq, const T* xk, int64_t rows_q, int64_t d, \
                                           double factor, double eps, int64_t begin,            \
                                           int64_t end, T* uq, T* uk, T* sq, T* sk) {           \
-    if (begin < rows_q) rms_scale<T>(xq, d, factor, eps, begin, end < rows_q ? end : rows_q,   \
-                                     uq, sq);                                                  \
-    if (end > rows_q) rms_scale<T>(xk, d, factor, eps, (begin > rows_q ? begin : rows_q) -     \
-                                   rows_q, end - rows_q, uk, sk);                              \
+    q_then_k(rows_q, begin, end, [&](bool key, int64_t b, int64_t e) {                         \
+      rms_scale<T>(key ? xk : xq, d, factor, eps, b, e, key ? uk : uq, key ? sk : sq);         \
+    });                                                                                        \
   }                                                                                            \
   extern "C" void heat_rms_grad_##SUFFIX(const T* gq, const T* gk, const T* xq, const T* xk,  \
                                          const T* sq, const T* sk, int64_t rows_q, int64_t d,  \
                                          int64_t begin, int64_t end, T* dq, T* dk) {           \
-    if (begin < rows_q) rms_grad<T>(gq, xq, sq, d, begin, end < rows_q ? end : rows_q, dq);   \
-    if (end > rows_q) rms_grad<T>(gk, xk, sk, d, (begin > rows_q ? begin : rows_q) - rows_q,  \
-                                  end - rows_q, dk);                                           \
+    q_then_k(rows_q, begin, end, [&](bool key, int64_t b, int64_t e) {                         \
+      rms_grad<T>(key ? gk : gq, key ? xk : xq, key ? sk : sq, d, b, e, key ? dk : dq);        \
+    });                                                                                        \
   }
 
 RMS_EXPORT(f32, float)
