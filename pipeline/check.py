@@ -236,16 +236,14 @@ def _stage_lines(config: PipelineConfig, task: TaskConfig, run_name: str | None
     """Per stage its status and folder, keyed exactly as a run keys it; the outcomes of the
     stages looked up (a cached one's stored result, a missing one's folder only)."""
     from pipeline import stagecache
-    from pipeline.run import stage_folder, stage_inputs
-    from pipeline.stages import STAGES, StageContext
+    from pipeline.run import seed_contexts, stage_folder, stage_inputs
+    from pipeline.stages import STAGES
 
     # A stage's inputs() reads the config and the upstream outcomes, never the tracker or cpus.
     # With `seeds`, the stages of the run once per seed (the shared ones, once).
     lines: list[str] = []
-    shared: dict[str, StageOutcome] = {}
-    for seed, seeded in config.seeded(task):
-        context = StageContext(config, seeded, run_name or "", tracker=None, cpus=1,  # type: ignore[arg-type]
-                               seed=seed, outcomes=dict(shared))
+    for context in seed_contexts(config, task, run_name or "", None, 1):
+        seed = context.seed
         for stage in STAGES:
             if stage.name in context.outcomes:
                 continue
@@ -260,9 +258,7 @@ def _stage_lines(config: PipelineConfig, task: TaskConfig, run_name: str | None
             result: dict[str, Any] = stagecache.read_result(out) if done else {}
             context.outcomes[stage.name] = stagecache.StageOutcome(out, result, done, 0.0)
             lines.append(f"    {name}: {_status(stage, done, out)} -> {out}")
-        shared = {s.name: context.outcomes[s.name] for s in STAGES
-                  if not s.per_run and s.name in context.outcomes}
-    return lines, shared
+    return lines, context.outcomes
 
 
 def _status(stage: Any, done: bool, out: str) -> str:

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     config = build_config(raw)
     jobs = [_finished_job(config, seeded, run_name, seed) for task in config.tasks.values()
             for seed, seeded in config.seeded(task)]
-    rows = {(_label(context), variant.name): _diagnose(context, job, variant, args.batches)
+    rows = {(context.label, variant.name): _diagnose(context, job, variant, args.batches)
             for context, job in jobs for variant in job.variants}
     every = [row for part in rows.values() for row in part]
     print(f"run {run_name}: each attention site's error against its exact counterpart on "
@@ -76,15 +76,9 @@ def run(args: argparse.Namespace) -> int:
 def _diagnose(context: Any, job: Any, variant: Any, batches: int) -> list[Any]:
     from pipeline.diagnostics import diagnose_job
 
-    logger.info("diagnose: %s/%s", _label(context), variant.name)
-    return [replace(row, task=_label(context)) for row in diagnose_job(job, variant,
-                                                                      batches=batches)]
-
-
-def _label(context: Any) -> str:
-    """The task's name, with the seed in a run with `seeds`: `translation seed 1`."""
-    seed = context.seed
-    return context.task.name if seed is None else f"{context.task.name} seed {seed}"
+    logger.info("diagnose: %s/%s", context.label, variant.name)
+    return [replace(row, task=context.label) for row in diagnose_job(job, variant,
+                                                                     batches=batches)]
 
 
 def _finished_job(config: Any, task: Any, run_name: str, seed: int | None = None
@@ -183,7 +177,7 @@ def _track(config: Any, run_name: str, jobs: list[tuple[Any, Any]],
             try:
                 for variant in task.variants:
                     steps = context.outcomes["train"].result[variant.name]["steps"]
-                    log_diagnostics(tracked, variant, rows[(_label(context), variant.name)],
+                    log_diagnostics(tracked, variant, rows[(context.label, variant.name)],
                                     step=steps)
             finally:
                 for child in children.values():

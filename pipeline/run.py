@@ -271,17 +271,26 @@ def _run_seeds(config: PipelineConfig, task: TaskConfig, run_name: str,
     """The task through its stages once, or with `seeds` its stages of the run once per seed
     (the shared ones, prepare and tokenize, once): per variant its results, or the seeds'
     combined (`pipeline.seeds.combine`)."""
-    shared: dict[str, stagecache.StageOutcome] = {}
-    per_seed = {}
-    for seed, seeded in config.seeded(task):
-        context = StageContext(config, seeded, run_name, tracker, cpus, seed=seed,
-                               eval_label=eval_label, outcomes=dict(shared))
-        per_seed[seed] = _run_task(context, reports, finished_before)
-        shared = {stage.name: context.outcomes[stage.name] for stage in STAGES
-                  if not stage.per_run}
+    per_seed = {context.seed: _run_task(context, reports, finished_before)
+                for context in seed_contexts(config, task, run_name, tracker, cpus, eval_label)}
     if config.seeds is None:
         return per_seed[None]
     return seeds.combine(per_seed)
+
+
+def seed_contexts(config: PipelineConfig, task: TaskConfig, run_name: str,
+                  tracker: PipelineTracker | None, cpus: int, eval_label: str = ""
+                  ) -> Iterator[StageContext]:
+    """A context per repetition of the task (`PipelineConfig.seeded`: one without `seeds`),
+    each after the first holding the outcomes of the stages every seed shares (prepare,
+    tokenize) that the one before it looked up, so that those run once."""
+    shared: dict[str, stagecache.StageOutcome] = {}
+    for seed, seeded in config.seeded(task):
+        context = StageContext(config, seeded, run_name, tracker, cpus,  # type: ignore[arg-type]
+                               seed=seed, eval_label=eval_label, outcomes=dict(shared))
+        yield context
+        shared = {stage.name: context.outcomes[stage.name] for stage in STAGES
+                  if not stage.per_run and stage.name in context.outcomes}
 
 
 def _run_task(context: StageContext, reports: list[StageReport],
@@ -335,9 +344,7 @@ def _stage(context: StageContext, stage: Stage, reports: list[StageReport],
     task = context.task
     inputs = stage_inputs(context, stage)
     out = stage_folder(context, stage, inputs)
-    where = task.name if context.seed is None or not stage.per_run else \
-        f"{task.name} seed {context.seed}"
-    label = f"{where}: {stage.name}"
+    label = f"{context.label if stage.per_run else task.name}: {stage.name}"
     if not stagecache.finished(out):
         if must_be_finished:
             raise ConfigError("run", f"run {context.run_name!r} has not finished its "

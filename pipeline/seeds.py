@@ -17,13 +17,12 @@ lowest and highest seed, and every seed's own result (`per_seed`).
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping
 from typing import Any
 
 from pipeline.report.stats import seed_estimate
-
-SPREAD_FIGURES = ("bleu", "chrf", "accuracy", "f1", "best_val_loss")
-"""The figures whose spread over seeds is reported (`<figure>_sd`, `_ci95`, `_min`, `_max`)."""
+from pipeline.tracking import SPREAD_FIGURES, SPREADS
 
 
 def combine(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -51,14 +50,13 @@ def combine(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> dict[str
 
 
 def spread(key: str, values: list[float]) -> dict[str, float]:
-    """`<key>_sd`, `_ci95` (NaN for one seed), `_min`, `_max` of a figure's per-seed values."""
+    """`<key>_sd`, `_ci95` (NaN for one seed), `_min`, `_max` of a figure's per-seed values
+    (`tracking.SPREADS`, the names the parent run logs)."""
     estimate = seed_estimate(values)
-    n = len(values)
-    sd = (math.sqrt(sum((v - estimate.mean) ** 2 for v in values) / (n - 1))
-          if n > 1 else math.nan)
-    half = (estimate.high - estimate.mean) if estimate.high is not None else math.nan
-    return {f"{key}_sd": sd, f"{key}_ci95": half, f"{key}_min": min(values),
-            f"{key}_max": max(values)}
+    figures = {"sd": statistics.stdev(values) if len(values) > 1 else math.nan,
+               "ci95": (estimate.high - estimate.mean) if estimate.high is not None else math.nan,
+               "min": min(values), "max": max(values)}
+    return {f"{key}_{name}": figures[name] for name in SPREADS}
 
 
 def _number(value: Any) -> bool:

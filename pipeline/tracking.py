@@ -37,8 +37,10 @@ METRICS_PER_BATCH = 1000  # MLflow's limit on metrics in one log_batch call
 SCORES = ("bleu", "chrf", "accuracy", "f1")
 SUMMARY_FIGURES = (*SCORES, "best_val_loss", "tokens_per_s", "peak_mem_mb", "train_wall_s",
                    "steps")
+SPREAD_FIGURES = (*SCORES, "best_val_loss")
 SPREADS = ("sd", "ci95", "min", "max")
-"""Over several seeds (`pipeline.seeds`): `bleu_sd`, `bleu_ci95`, ... beside the mean `bleu`."""
+"""Over several seeds (`pipeline.seeds`): `bleu_sd`, `bleu_ci95`, ... beside the mean `bleu`,
+for each of SPREAD_FIGURES."""
 
 TAG_RUN_NAME = "heat.run_name"
 TAG_CONFIG = "heat.config"
@@ -183,8 +185,7 @@ class PipelineTracker:
         (`test/bleu_ci95`, `seeds`)."""
         now = int(time.time() * 1000)
         metrics, rows = [], []
-        keys = [*SUMMARY_FIGURES, *(f"{key}_{s}" for key in (*SCORES, "best_val_loss")
-                                    for s in SPREADS)]
+        keys = [*SUMMARY_FIGURES, *(f"{key}_{s}" for key in SPREAD_FIGURES for s in SPREADS)]
         for task, variants in results.items():
             for variant, values in variants.items():
                 figures = {key: float(values[key]) for key in keys

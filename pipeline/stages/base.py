@@ -45,6 +45,12 @@ class StageContext:
     outcomes: dict[str, stagecache.StageOutcome] = field(default_factory=dict)
     """The outcomes of the stages run so far, by stage name."""
 
+    @property
+    def label(self) -> str:
+        """The task's name, with the seed in a run with `seeds` (`translation seed 1`): what its
+        stage lines, training progress and diagnostics rows are labelled with."""
+        return self.task.name if self.seed is None else f"{self.task.name} seed {self.seed}"
+
 
 class Stage(ABC):
     """One step of a task: keyed, cached, resumable."""

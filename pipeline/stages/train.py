@@ -182,8 +182,7 @@ class TrainStage(Stage):
         job = TrainJob.for_task(task, data_uri=tokenized.uri, tokenizer_model=model_proto,
                                 train_uri=out_uri, tracking_uri=tracker.tracking_uri,
                                 child_runs=plan)
-        return train(job, progress=task.name if context.seed is None
-                     else f"{task.name} seed {context.seed}")
+        return train(job, progress=context.label)
 
 
 def variant_params(task: TaskConfig, variant: Variant, extra: dict[str, Any]) -> dict[str, Any]:
