@@ -46,7 +46,7 @@ SOURCES = (Path(__file__).parent / "csrc" / "folded_heat.cpp",
 rms input norm in front of HEAT's (`input_norm: rms`)."""
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd", "-ffp-contract=fast", "-std=c++17",
          "-shared", "-fPIC"]
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 I64 = ctypes.c_int64
 _build_lock = threading.Lock()
@@ -203,7 +203,7 @@ class _FoldedHeatCPU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, valid, floor, kernel, heads: int, causal: bool, bound: float,
-                rms: bool = False):
+                rms: bool = False, shift_keys: bool = False):
         lib = library()
         if rms:
             q, k = q.contiguous(), k.contiguous()
@@ -223,14 +223,16 @@ class _FoldedHeatCPU(torch.autograd.Function):
         suffix = dtype_suffix(tq.dtype)
         if causal:
             run_tasks(getattr(lib, f"heat_causal_fwd_{suffix}"), [common + shape, [pointer(out)]], tasks)
-            mixed = (None, None)
+            mixed = ()
         else:
+            shift = tq.new_empty(batch_heads, d) if shift_keys else None  # the kernels' u
             mixed = (tq.new_empty(batch_heads, degree, d), tq.new_empty(batch_heads, degree, d))
             run_tasks(
                 getattr(lib, f"heat_noncausal_fwd_{suffix}"),
-                [common + shape, [pointer(out), pointer(mixed[0]), pointer(mixed[1])]], tasks,
+                [common + shape, [pointer(out), *map(pointer, mixed), pointer(shift)]], tasks,
             )
-        ctx.save_for_backward(tq, tk, v, valid, floor, kernel, *[x for x in mixed if x is not None])
+            mixed = (*mixed, shift)
+        ctx.save_for_backward(tq, tk, v, valid, floor, kernel, *mixed)
         ctx.heads, ctx.causal, ctx.tasks, ctx.bound = heads, causal, tasks, bound
         return out
 
@@ -257,21 +259,24 @@ class _FoldedHeatCPU(torch.autograd.Function):
         else:
             run_tasks(
                 getattr(lib, f"heat_noncausal_bwd_{suffix}"),
-                [common + [pointer(mixed[0]), pointer(mixed[1]), pointer(grad)] + shape,
+                [common + [*map(pointer, mixed), pointer(grad)] + shape,
                  [pointer(dtq), pointer(dtk), pointer(dv)]],
                 ctx.tasks,
             )
         if ctx.rms is not None:
             dtq, dtk = _rms_grad(dtq, dtk, ctx.rms)
-        return dtq, dtk, dv, None, None, None, None, None, None, None
+        return dtq, dtk, dv, None, None, None, None, None, None, None, None
 
 
 def folded_heat_cpu(
     q: Tensor, k: Tensor, v: Tensor, kernel: Tensor, *, bound: float,
     key_valid: Tensor | None, causal: bool, floor: Tensor, input_norm: str = "none",
+    key_shift: str = "none",
 ) -> Tensor:
     """The fused equivalent of `folded.folded_heat` on t = tanh(q / R), tanh(k / R), with
-    `input_norm: rms` on t = tanh(rms(q) / R), tanh(rms(k) / R) (`input_norm.normalised`).
+    `input_norm: rms` on t = tanh(rms(q) / R), tanh(rms(k) / R) (`input_norm.normalised`);
+    `key_shift: midrange` (non-causal only) shifts each channel's keys by their midrange
+    (`heat.key_midrange`), computed inside the kernels.
 
     q (B, H, n, d), k and v (B, H, m, d), kernel (P, P) symmetric, key_valid (B, m) or None,
     floor (B, n), on the CPU; computed in float64 for float64 inputs, else float32 (the caller
@@ -288,5 +293,6 @@ def folded_heat_cpu(
         q.reshape(batch * heads, n, d), k.reshape(batch * heads, m, d),
         v.reshape(batch * heads, m, d), valid, floor.to(dtype).contiguous(),
         kernel.to(dtype).contiguous(), heads, causal, bound, input_norm == "rms",
+        key_shift == "midrange" and not causal,
     )
     return out.view(batch, heads, n, d)

@@ -44,9 +44,12 @@ class HeatSpec(AttentionSpec):
               help="auto, fused, folded, features (compare them side by side)"),
         Sweep("input_norm", "input-norms", ("none",),
               help="none (the paper's HEAT), rms (queries and keys divided by their RMS first)"),
+        Sweep("key_shift", "key-shifts", ("none",),
+              help="none (the paper's HEAT), midrange (each channel's keys centred, non-causal)"),
     )
     MAX_TAYLOR_RANK: ClassVar[int] = 20
     IMPLEMENTATIONS: ClassVar[tuple[str, ...]] = ("auto", "fused", "folded", "features")
+    KEY_SHIFTS: ClassVar[tuple[str, ...]] = ("none", "midrange")
 
     rank: int = 8
     """r, the number of eigenfunctions (svd) or Taylor terms (taylor)."""
@@ -57,6 +60,14 @@ class HeatSpec(AttentionSpec):
     input_norm: str = "none"
     """As in `hadamard`: 'rms' divides queries and keys by their root mean square over the
     head's channels before the bound; 'none': the paper's HEAT."""
+    key_shift: str = "none"
+    """'midrange': at non-causal sites, subtract from each channel's bounded keys the midpoint
+    of their range over the valid keys, u = (max_j b_j + min_j b_j) / 2 (per batch row, head and
+    channel, no gradient, like softmax's max). Exact hadamard is unchanged by it (softmax_j of
+    a (b_j - u) is softmax_j of a b_j); the polynomial kernel then sees keys spread around 0
+    instead of all at one end of [-R, R], where it is far from exp(ab) (e.g. a = -R, b = +R: the
+    true kernel is e^-9, the rank-r one is off by more than that). Causal sites are never
+    shifted (a midrange over all keys would look at future ones). 'none': the paper's HEAT."""
     sigma: float = 1.0
     """Standard deviation of the Gaussian input measure the svd basis is optimal for."""
     quadrature_nodes: int = 24
@@ -75,6 +86,7 @@ class HeatSpec(AttentionSpec):
         self.check_choice("basis", ("svd", "taylor"))
         self.check_choice("implementation", self.IMPLEMENTATIONS)
         self.check_choice("input_norm", HadamardSpec.INPUT_NORMS)
+        self.check_choice("key_shift", self.KEY_SHIFTS)
         self.check_float("bound", 0.0, 20.0)
         self.check_float("sigma", 0.0, 100.0)
         self.check_int("quadrature_nodes", 2, 128)
@@ -102,6 +114,9 @@ class HeatSpec(AttentionSpec):
             raise self.error("implementation", "fused has no causal kernel on CUDA (the Triton "
                                                "kernels are non-causal); use auto (fused where "
                                                "it can, folded at causal sites) or folded")
+        if device_type == "cuda" and self.key_shift != "none":
+            raise self.error("implementation", "fused has no key shift on CUDA (the Triton "
+                                               "kernels); use auto or folded, or key_shift: none")
         if device_type == "cpu":
             from heat.attention import cpu_kernels
 
@@ -118,7 +133,8 @@ class HeatSpec(AttentionSpec):
     def contract_examples(cls) -> dict[str, HeatSpec]:
         return {"heat-svd": cls(rank=6, chunk_size=7),
                 "heat-taylor": cls(rank=6, basis="taylor", chunk_size=7),
-                "heat-svd-rms": cls(rank=6, chunk_size=7, input_norm="rms")}
+                "heat-svd-rms": cls(rank=6, chunk_size=7, input_norm="rms"),
+                "heat-svd-shift": cls(rank=6, chunk_size=7, key_shift="midrange")}
 
     @classmethod
     def demo_examples(cls, length: int) -> dict[str, HeatSpec]:
@@ -127,7 +143,8 @@ class HeatSpec(AttentionSpec):
 
     def label(self) -> str:
         norm = "" if self.input_norm == "none" else f" {self.input_norm}-norm"
-        return f"heat {self.basis} r{self.rank}{norm}"
+        shift = "" if self.key_shift == "none" else f" {self.key_shift}-shift"
+        return f"heat {self.basis} r{self.rank}{norm}{shift}"
 
 
 @register(HeatSpec)
@@ -173,6 +190,7 @@ class HeatAttention(AttentionKernel):
                 q, k, v, self._kernel_on(q.device, dtype, fused=True),
                 degree=self.kernel_matrix.shape[0], bound=self.spec.bound, key_valid=valid,
                 causal=causal, floor=floor, input_norm=self.spec.input_norm,
+                key_shift=self.spec.key_shift,
             )
             return out.to(in_dtype)
         if self.spec.input_norm != "none":  # before the bound, which every path applies
@@ -182,6 +200,8 @@ class HeatAttention(AttentionKernel):
                  else q.new_full((q.shape[0], q.shape[2]), floor))
         a = bounded(q, self.spec.bound)  # (B, H, n, d)
         b = bounded(k, self.spec.bound)  # (B, H, m, d)
+        if self.spec.key_shift == "midrange" and not causal:
+            b = b - key_midrange(b, key_padding_mask)
         if implementation == "folded":
             out = self._folded(a, b, v, key_padding_mask, causal, floor)
         else:
@@ -193,7 +213,7 @@ class HeatAttention(AttentionKernel):
         wanted = self.spec.implementation
         if wanted in ("folded", "features"):
             return wanted
-        if fused_available(device, causal):
+        if fused_available(device, causal, self.spec.key_shift):
             return "fused"
         if wanted == "fused":
             kind = "causal " if causal else ""
@@ -259,3 +279,16 @@ class HeatAttention(AttentionKernel):
     def extra_repr(self) -> str:
         s = self.spec
         return f"rank={s.rank}, basis={s.basis}, bound={s.bound}, implementation={s.implementation}"
+
+
+def key_midrange(b: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+    """(max_j b_j + min_j b_j) / 2 per (batch, head, channel) over the valid keys of b
+    (B, H, m, d), 0 where a row has none; detached. -> (B, H, 1, d)."""
+    b = b.detach()
+    if key_padding_mask is None:
+        return (b.amax(dim=2, keepdim=True) + b.amin(dim=2, keepdim=True)) / 2
+    padded = key_padding_mask[:, None, :, None]  # (B, 1, m, 1)
+    high = b.masked_fill(padded, -math.inf).amax(dim=2, keepdim=True)
+    low = b.masked_fill(padded, math.inf).amin(dim=2, keepdim=True)
+    middle = (high + low) / 2
+    return torch.where(torch.isfinite(middle), middle, torch.zeros_like(middle))

@@ -17,6 +17,13 @@
 // Layouts (all contiguous): tq (N, Lq, D), tk and v (N, Lk, D), valid (B, Lk) or null (all keys
 // valid), floor (B, Lq), K (P, P), A and Bz (N, P, D): K M and K Z of the non-causal forward,
 // saved for its backward. N = B * H.
+//
+// Key shift (non-causal only, `shift` not null): per (row n, channel c) the forward finds
+// u = (max + min) / 2 of tk over the valid keys (0 if none), writes it to shift (N, D), and
+// uses tk - u in place of tk. Exact hadamard is unchanged by it (softmax over j of a (b_j - R u)
+// is softmax of a b_j), while the polynomial kernel is evaluated where it is fitted: |tk - u| <= 1
+// with half the keys' range on each side, not all keys at one end. The backward reads u back;
+// dtk's chain factor (1 - tk^2) / R is of the unshifted tk (u is a constant, like softmax's max).
 
 #include <algorithm>
 #include <cstdint>
@@ -132,19 +139,57 @@ inline T valid_at(const T* valid, const Shape& s, int64_t b, int64_t j) {
   return valid ? valid[b * s.Lk + j] : T(1);
 }
 
+// u[c] = (max + min) / 2 of tk over the task's valid keys, 0 where none is valid.
+template <typename T>
+inline void key_midrange(const Shape& s, const Block& blk, const T* tk, const T* valid, T* u,
+                         int w) {
+  T hi[W], lo[W];
+  bool any = false;
+  for (int c = 0; c < w; ++c) hi[c] = lo[c] = T(0);
+  for (int64_t j = 0; j < s.Lk; ++j) {
+    if (valid_at(valid, s, blk.b, j) == T(0)) continue;
+    const T* t = tk + (blk.n * s.Lk + j) * s.D + blk.c0;
+    if (!any) {
+      for (int c = 0; c < w; ++c) hi[c] = lo[c] = t[c];
+      any = true;
+      continue;
+    }
+#pragma omp simd
+    for (int c = 0; c < w; ++c) {
+      hi[c] = std::max(hi[c], t[c]);
+      lo[c] = std::min(lo[c], t[c]);
+    }
+  }
+  for (int c = 0; c < w; ++c) u[c] = (hi[c] + lo[c]) * T(0.5);
+}
+
+// tk of one key row, shifted by u if there is a shift (else tk itself, no copy).
+template <typename T>
+inline const T* shifted(const T* t, const T* u, T* buffer, bool shift, int w) {
+  if (!shift) return t;
+#pragma omp simd
+  for (int c = 0; c < w; ++c) buffer[c] = t[c] - u[c];
+  return buffer;
+}
+
 // ---------------------------------------------------------------- non-causal forward
 template <typename T, int WC>
 void noncausal_fwd_impl(const Shape& s, int64_t begin, int64_t end, const T* tq, const T* tk,
                         const T* v, const T* valid, const T* floor, const T* K, T* out, T* A,
-                        T* Bz) {
+                        T* Bz, T* shift) {
   const int P = static_cast<int>(s.P);
   for (int64_t task = begin; task < end; ++task) {
     const auto blk = block_of(s, task);
     const int w = WC > 0 ? WC : blk.w;
-    T M[PMAX][W] = {}, Z[PMAX][W] = {}, KM[PMAX][W], KZ[PMAX][W];
+    T M[PMAX][W] = {}, Z[PMAX][W] = {}, KM[PMAX][W], KZ[PMAX][W], u[W] = {}, ts[W];
+    if (shift) {
+      key_midrange(s, blk, tk, valid, u, w);
+      for (int c = 0; c < w; ++c) shift[blk.n * s.D + blk.c0 + c] = u[c];
+    }
     for (int64_t j = 0; j < s.Lk; ++j) {
       const int64_t row = (blk.n * s.Lk + j) * s.D + blk.c0;
-      add_key(M, Z, tk + row, v + row, valid_at(valid, s, blk.b, j), P, w);
+      add_key(M, Z, shifted(tk + row, u, ts, shift != nullptr, w), v + row,
+              valid_at(valid, s, blk.b, j), P, w);
     }
     mix(K, P, M, KM, w);
     mix(K, P, Z, KZ, w);
@@ -169,12 +214,15 @@ void noncausal_fwd_impl(const Shape& s, int64_t begin, int64_t end, const T* tq,
 template <typename T, int WC>
 void noncausal_bwd_impl(const Shape& s, int64_t begin, int64_t end, const T* tq, const T* tk,
                         const T* v, const T* valid, const T* floor, const T* K, const T* A,
-                        const T* Bz, const T* grad, T* dtq, T* dtk, T* dv) {
+                        const T* Bz, const T* shift, const T* grad, T* dtq, T* dtk, T* dv) {
   const int P = static_cast<int>(s.P);
   for (int64_t task = begin; task < end; ++task) {
     const auto blk = block_of(s, task);
     const int w = WC > 0 ? WC : blk.w;
     T KM[PMAX][W], KZ[PMAX][W], dA[PMAX][W] = {}, dB[PMAX][W] = {}, dM[PMAX][W], dZ[PMAX][W];
+    T u[W] = {}, ts[W];
+    if (shift)
+      for (int c = 0; c < w; ++c) u[c] = shift[blk.n * s.D + blk.c0 + c];
     for (int p = 0; p < P; ++p)
       for (int c = 0; c < w; ++c) {
         KM[p][c] = A[(blk.n * s.P + p) * s.D + blk.c0 + c];
@@ -205,8 +253,9 @@ void noncausal_bwd_impl(const Shape& s, int64_t begin, int64_t end, const T* tq,
       const T keep = valid_at(valid, s, blk.b, j);
       const int64_t row = (blk.n * s.Lk + j) * s.D + blk.c0;
       T val[W], der[W], zval[W], zder[W];
-      horner<T>(dM, P, tk + row, val, der, w);
-      horner<T>(dZ, P, tk + row, zval, zder, w);
+      const T* t = shifted(tk + row, u, ts, shift != nullptr, w);
+      horner<T>(dM, P, t, val, der, w);
+      horner<T>(dZ, P, t, zval, zder, w);
 #pragma omp simd
       for (int c = 0; c < w; ++c) {
         dv[row + c] = keep * val[c];
@@ -349,16 +398,17 @@ HEAT_DISPATCH(causal_bwd)
   extern "C" void heat_noncausal_fwd_##SUFFIX(                                                   \
       const T* tq, const T* tk, const T* v, const T* valid, const T* floor, const T* K,          \
       int64_t N, int64_t H, int64_t Lq, int64_t Lk, int64_t D, int64_t P, double inv_bound, int64_t begin,         \
-      int64_t end, T* out, T* A, T* Bz) {                                                        \
+      int64_t end, T* out, T* A, T* Bz, T* shift) {                                              \
     noncausal_fwd<T>(Shape{N, H, Lq, Lk, D, P, inv_bound}, begin, end, tq, tk, v, valid, floor, K, out, A, \
-                     Bz);                                                                        \
+                     Bz, shift);                                                                 \
   }                                                                                              \
   extern "C" void heat_noncausal_bwd_##SUFFIX(                                                   \
       const T* tq, const T* tk, const T* v, const T* valid, const T* floor, const T* K,          \
-      const T* A, const T* Bz, const T* grad, int64_t N, int64_t H, int64_t Lq, int64_t Lk,      \
-      int64_t D, int64_t P, double inv_bound, int64_t begin, int64_t end, T* dtq, T* dtk, T* dv) {                 \
+      const T* A, const T* Bz, const T* shift, const T* grad, int64_t N, int64_t H, int64_t Lq,  \
+      int64_t Lk, int64_t D, int64_t P, double inv_bound, int64_t begin, int64_t end, T* dtq,    \
+      T* dtk, T* dv) {                                                                           \
     noncausal_bwd<T>(Shape{N, H, Lq, Lk, D, P, inv_bound}, begin, end, tq, tk, v, valid, floor, K, A, Bz, \
-                     grad, dtq, dtk, dv);                                                         \
+                     shift, grad, dtq, dtk, dv);                                                  \
   }                                                                                              \
   extern "C" void heat_causal_fwd_##SUFFIX(                                                      \
       const T* tq, const T* tk, const T* v, const T* valid, const T* floor, const T* K,          \
@@ -377,6 +427,6 @@ HEAT_DISPATCH(causal_bwd)
 HEAT_EXPORT(f32, float)
 HEAT_EXPORT(f64, double)
 
-extern "C" int heat_kernels_abi_version() { return 4; }  // 3: hadamard.cpp, 4: input_norm.cpp
+extern "C" int heat_kernels_abi_version() { return 5; }  // 4: input_norm.cpp, 5: key shift
 extern "C" int heat_kernels_block_width() { return W; }
 extern "C" int heat_kernels_max_degree() { return PMAX; }
