@@ -93,6 +93,21 @@ def test_memory_is_measured_after_every_timing(monkeypatch):
     assert events.index("memory") > max(i for i, e in enumerate(events) if e == "time")
 
 
+def test_timing_order_rotates_from_repeat_to_repeat(monkeypatch):
+    """No case always runs first: repeat r starts at case r mod the number of cases."""
+    calls = []
+    original = bench.measurement.rotated
+    monkeypatch.setattr(bench.measurement, "rotated",
+                        lambda items, by: calls.append(
+                            [c.label for c, _ in original(items, by)]) or original(items, by))
+    bench.run(parse("--lengths", "16", "--variants", "softmax,hadamard,heat", "--heads", "1",
+                    "--head-dim", "8", "--repeats", "3", "--warmup", "0"))
+    assert calls == [["softmax (SDPA)", "hadamard", "heat svd r8"],
+                     ["hadamard", "heat svd r8", "softmax (SDPA)"],
+                     ["heat svd r8", "softmax (SDPA)", "hadamard"]]
+    assert bench.measurement.rotated([], 3) == []
+
+
 def test_cpu_peak_memory_counts_what_one_step_allocates():
     """After the timings have left freed blocks in the heap, one forward+backward at b=1, h=8,
     n=2048, d=64 must still show at least its three input gradients (4 MiB each)."""

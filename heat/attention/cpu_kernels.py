@@ -46,7 +46,7 @@ SOURCES = (Path(__file__).parent / "csrc" / "folded_heat.cpp",
 rms input norm in front of HEAT's (`input_norm: rms`)."""
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd", "-ffp-contract=fast", "-std=c++17",
          "-shared", "-fPIC"]
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 I64 = ctypes.c_int64
 _build_lock = threading.Lock()
@@ -227,9 +227,10 @@ class _FoldedHeatCPU(torch.autograd.Function):
         else:
             shift = tq.new_empty(batch_heads, d) if shift_keys else None  # the kernels' u
             mixed = (tq.new_empty(batch_heads, degree, d), tq.new_empty(batch_heads, degree, d))
-            run_tasks(
+            run_tasks(  # with a shift the kernel's tasks are rows (see csrc/folded_heat.cpp)
                 getattr(lib, f"heat_noncausal_fwd_{suffix}"),
-                [common + shape, [pointer(out), *map(pointer, mixed), pointer(shift)]], tasks,
+                [common + shape, [pointer(out), *map(pointer, mixed), pointer(shift)]],
+                batch_heads if shift_keys else tasks,
             )
             mixed = (*mixed, shift)
         ctx.save_for_backward(tq, tk, v, valid, floor, kernel, *mixed)

@@ -1,7 +1,8 @@
 """Measuring one n: errors against the exact counterparts, interleaved timings, peak memory.
 
 Repeats are interleaved across cases (repeat 1 of every case, then repeat 2, ...) so drifting load
-on a shared machine hits all of them alike. Peak memory is measured after every timing: on the
+on a shared machine hits all of them alike, and the order rotates from repeat to repeat (A B C,
+B C A, C A B, ...) so no case always runs first or right after the same neighbour. Peak memory is measured after every timing: on the
 CPU it switches the allocator to returning freed memory at once (see `PeakMemory`), which would
 slow every later allocation.
 """
@@ -179,8 +180,8 @@ def measure(live, args, n, device, dtype, exact_kernels, progress):
 
 def _time_interleaved(ok, live, args, n, device, forward, forward_backward, progress) -> None:
     times: dict[str, dict[str, list[float]]] = {c.label: {"fwd": [], "fwd_bwd": []} for c, _ in ok}
-    for _ in range(args.repeats):
-        for case, _record in ok:
+    for repeat in range(args.repeats):
+        for case, _record in rotated(ok, repeat):
             times[case.label]["fwd"].append(_timed(lambda: forward(case), device))
             times[case.label]["fwd_bwd"].append(_timed(lambda: forward_backward(case), device))
     for case, record in live:
@@ -189,6 +190,14 @@ def _time_interleaved(ok, live, args, n, device, forward, forward_backward, prog
             record["fwd_bwd_ms"] = statistics.median(times[case.label]["fwd_bwd"])
         progress.update()
         progress.set_postfix(n=n, last=case.label)
+
+
+def rotated(items: list, by: int) -> list:
+    """`items` started at position `by` (mod its length): repeat r's order of the cases."""
+    if not items:
+        return items
+    by %= len(items)
+    return items[by:] + items[:by]
 
 
 def measure_memory(ok, args, n, device, dtype, memory: PeakMemory) -> None:

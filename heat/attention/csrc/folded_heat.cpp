@@ -20,7 +20,8 @@
 //
 // Key shift (non-causal only, `shift` not null): per (row n, channel c) the forward finds
 // u = (max + min) / 2 of tk over the valid keys (0 if none), writes it to shift (N, D), and
-// uses tk - u in place of tk. Exact hadamard is unchanged by it (softmax over j of a (b_j - R u)
+// uses tk - u in place of tk. Its tasks are then rows n (all channel blocks of a row, after one
+// contiguous pass over the row's keys for u), not (row, block). Exact hadamard is unchanged by it (softmax over j of a (b_j - R u)
 // is softmax of a b_j), while the polynomial kernel is evaluated where it is fitted: |tk - u| <= 1
 // with half the keys' range on each side, not all keys at one end. The backward reads u back;
 // dtk's chain factor (1 - tk^2) / R is of the unshifted tk (u is a constant, like softmax's max).
@@ -139,28 +140,34 @@ inline T valid_at(const T* valid, const Shape& s, int64_t b, int64_t j) {
   return valid ? valid[b * s.Lk + j] : T(1);
 }
 
-// u[c] = (max + min) / 2 of tk over the task's valid keys, 0 where none is valid.
+// u[c] = (max + min) / 2 of tk over row n's valid keys for every channel c (0 where no key is
+// valid), written to u (D). One pass that reads each key's D channels contiguously: per channel
+// block it would be a strided pass per block, which costs more than the moments' pass beside it.
 template <typename T>
-inline void key_midrange(const Shape& s, const Block& blk, const T* tk, const T* valid, T* u,
-                         int w) {
-  T hi[W], lo[W];
-  bool any = false;
-  for (int c = 0; c < w; ++c) hi[c] = lo[c] = T(0);
-  for (int64_t j = 0; j < s.Lk; ++j) {
-    if (valid_at(valid, s, blk.b, j) == T(0)) continue;
-    const T* t = tk + (blk.n * s.Lk + j) * s.D + blk.c0;
-    if (!any) {
-      for (int c = 0; c < w; ++c) hi[c] = lo[c] = t[c];
-      any = true;
-      continue;
-    }
+void row_midrange(const Shape& s, int64_t n, const T* tk, const T* valid, T* u) {
+  constexpr int CH = 256;
+  const int64_t b = n / s.H;
+  for (int64_t c0 = 0; c0 < s.D; c0 += CH) {
+    const int w = static_cast<int>(std::min<int64_t>(CH, s.D - c0));
+    T hi[CH], lo[CH];
+    bool any = false;
+    for (int c = 0; c < w; ++c) hi[c] = lo[c] = T(0);
+    for (int64_t j = 0; j < s.Lk; ++j) {
+      if (valid_at(valid, s, b, j) == T(0)) continue;
+      const T* t = tk + (n * s.Lk + j) * s.D + c0;
+      if (!any) {
+        for (int c = 0; c < w; ++c) hi[c] = lo[c] = t[c];
+        any = true;
+        continue;
+      }
 #pragma omp simd
-    for (int c = 0; c < w; ++c) {
-      hi[c] = std::max(hi[c], t[c]);
-      lo[c] = std::min(lo[c], t[c]);
+      for (int c = 0; c < w; ++c) {
+        hi[c] = std::max(hi[c], t[c]);
+        lo[c] = std::min(lo[c], t[c]);
+      }
     }
+    for (int c = 0; c < w; ++c) u[c0 + c] = (hi[c] + lo[c]) * T(0.5);
   }
-  for (int c = 0; c < w; ++c) u[c] = (hi[c] + lo[c]) * T(0.5);
 }
 
 // tk of one key row, shifted by u if there is a shift (else tk itself, no copy).
@@ -176,16 +183,14 @@ inline const T* shifted(const T* t, const T* u, T* buffer, bool shift, int w) {
 template <typename T, int WC>
 void noncausal_fwd_impl(const Shape& s, int64_t begin, int64_t end, const T* tq, const T* tk,
                         const T* v, const T* valid, const T* floor, const T* K, T* out, T* A,
-                        T* Bz, T* shift) {
+                        T* Bz, const T* shift) {
   const int P = static_cast<int>(s.P);
   for (int64_t task = begin; task < end; ++task) {
     const auto blk = block_of(s, task);
     const int w = WC > 0 ? WC : blk.w;
     T M[PMAX][W] = {}, Z[PMAX][W] = {}, KM[PMAX][W], KZ[PMAX][W], u[W] = {}, ts[W];
-    if (shift) {
-      key_midrange(s, blk, tk, valid, u, w);
-      for (int c = 0; c < w; ++c) shift[blk.n * s.D + blk.c0 + c] = u[c];
-    }
+    if (shift)
+      for (int c = 0; c < w; ++c) u[c] = shift[blk.n * s.D + blk.c0 + c];
     for (int64_t j = 0; j < s.Lk; ++j) {
       const int64_t row = (blk.n * s.Lk + j) * s.D + blk.c0;
       add_key(M, Z, shifted(tk + row, u, ts, shift != nullptr, w), v + row,
@@ -399,8 +404,17 @@ HEAT_DISPATCH(causal_bwd)
       const T* tq, const T* tk, const T* v, const T* valid, const T* floor, const T* K,          \
       int64_t N, int64_t H, int64_t Lq, int64_t Lk, int64_t D, int64_t P, double inv_bound, int64_t begin,         \
       int64_t end, T* out, T* A, T* Bz, T* shift) {                                              \
-    noncausal_fwd<T>(Shape{N, H, Lq, Lk, D, P, inv_bound}, begin, end, tq, tk, v, valid, floor, K, out, A, \
-                     Bz, shift);                                                                 \
+    const Shape s{N, H, Lq, Lk, D, P, inv_bound};                                                \
+    if (!shift) {                                                                                \
+      noncausal_fwd<T>(s, begin, end, tq, tk, v, valid, floor, K, out, A, Bz, nullptr);          \
+      return;                                                                                    \
+    }                                                                                            \
+    const int64_t blocks = (D + W - 1) / W; /* with a shift, tasks are rows n: midrange first */ \
+    for (int64_t n = begin; n < end; ++n) {                                                      \
+      row_midrange<T>(s, n, tk, valid, shift + n * D);                                           \
+      noncausal_fwd<T>(s, n * blocks, (n + 1) * blocks, tq, tk, v, valid, floor, K, out, A, Bz,  \
+                       shift);                                                                   \
+    }                                                                                            \
   }                                                                                              \
   extern "C" void heat_noncausal_bwd_##SUFFIX(                                                   \
       const T* tq, const T* tk, const T* v, const T* valid, const T* floor, const T* K,          \
@@ -427,6 +441,6 @@ HEAT_DISPATCH(causal_bwd)
 HEAT_EXPORT(f32, float)
 HEAT_EXPORT(f64, double)
 
-extern "C" int heat_kernels_abi_version() { return 5; }  // 4: input_norm.cpp, 5: key shift
+extern "C" int heat_kernels_abi_version() { return 6; }  // 4: input_norm.cpp, 5: key shift, 6: row tasks
 extern "C" int heat_kernels_block_width() { return W; }
 extern "C" int heat_kernels_max_degree() { return PMAX; }
