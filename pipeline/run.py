@@ -224,6 +224,7 @@ def ray_session(config: RayConfig) -> Iterator[int]:
         # stay reserved and every later trial waits for them forever.
         context = ray.init(address="local", num_cpus=config.local_cpus(),
                            include_dashboard=True, dashboard_host="127.0.0.1",
+                           _system_config={"worker_niceness": config.worker_niceness},
                            **console.ray_init_options())
     elif owned:
         context = ray.init(address=config.address, **console.ray_init_options())

@@ -58,6 +58,10 @@ def test_the_bench_reports_speed_and_where_the_time_goes(bench):
     for loop in result["loops"]:  # each loop's split adds up to its steps' wall time
         assert sum(loop["split_s"].values()) == pytest.approx(sum(loop["seconds"]), rel=0.05)
     assert result["summary"]["plain"]["tokens_per_s_vs_plain"] == 1.0
+    assert result["summary"]["plain"]["paired_speed_vs_plain"] == 1.0
+    for name in ("pipeline", "plain_in_ray", "reference"):  # step by step, the same batches
+        low, high = result["summary"][name]["paired_speed_vs_plain_range"]
+        assert 0 < low <= result["summary"][name]["paired_speed_vs_plain"] <= high, name
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
     assert "pipeline" in done.stdout and "tok/s" in done.stdout
 

@@ -116,8 +116,8 @@ def bench_training(config: Any, task_name: str, variant_name: str, steps: int, *
                    seeds: int = 1, evaluate: bool = False, pipeline: bool = True,
                    plain_in_ray: bool = False) -> dict[str, Any]:
     """The loops' records and their comparison (what `--out` holds). With `repeats` > 1 the
-    loops run in turn that many times (plain, pipeline, reference, plain, ...), so that load
-    drifting on a shared machine hits them alike; with `seeds` > 1 so does each seed from
+    loops run in turn that many times, the order rotating (plain, pipeline, reference; pipeline,
+    reference, plain; ...), so that load drifting on a shared machine hits them alike; with `seeds` > 1 so does each seed from
     `train.seed` on. `evaluate`: the plain and reference loops' first repeat of each seed also
     record validation losses and test scores (the pipeline's losses are the plain loop's, bit
     for bit, which `max_abs_loss_gap_vs_plain` shows)."""
@@ -126,6 +126,7 @@ def bench_training(config: Any, task_name: str, variant_name: str, steps: int, *
     import torch
 
     from pipeline import storage
+    from pipeline.bench.measurement import rotated
     from pipeline.run import ray_session, run_shared_stages
     from pipeline.stages import StageContext
     from pipeline.training.job import TrainJob
@@ -144,8 +145,8 @@ def bench_training(config: Any, task_name: str, variant_name: str, steps: int, *
             tokenizer_model=storage.read_bytes(storage.join(tokenized, "spm.model")))
         data = load_data(job, Worker(0, 1, torch.device("cpu")))
         first_seed = task.train.seed
-        for seed, repeat in itertools.product(range(first_seed, first_seed + seeds),
-                                              range(repeats)):
+        for turn, (seed, repeat) in enumerate(itertools.product(
+                range(first_seed, first_seed + seeds), range(repeats))):
             job = dataclasses.replace(job, run_name=f"bench-{seed}-{repeat}",
                                       train=dataclasses.replace(job.train, seed=seed))
             scored = {"val_every": task.train.val_every, "evaluate": True} if (
@@ -157,7 +158,7 @@ def bench_training(config: Any, task_name: str, variant_name: str, steps: int, *
                 loops.append(lambda: plain_in_ray_loop(job, steps))
             if reference and task.kind == "translation":
                 loops.append(lambda: plain_loop(job, data, steps, reference=True, **scored))
-            for loop in loops:
+            for loop in rotated(loops, turn):  # no loop always first (or after the same one)
                 record = loop()
                 record.seed = seed
                 runs.setdefault(record.name, []).append(record)
@@ -240,12 +241,18 @@ def summarise(runs: dict[str, list[LoopRecord]], warmup: int) -> dict[str, Any]:
     """Per loop: loss at the reported steps, tokens/s after `warmup` steps (the median over
     repeats) and its ratio to the plain loop's (the median of each repeat's ratio, and their
     range), the median step, ms per step of each part; for the pipeline and the reference the
-    largest loss gap to the plain loop; whether every repeat gave the same losses."""
+    largest loss gap to the plain loop; whether every repeat gave the same losses. And the
+    paired speed: every loop steps the same batches in the same order, so step i of a loop and
+    step i of the plain loop in the same repeat did the same work; the median over steps of
+    (plain seconds / this loop's seconds) is a speed ratio that a burst of load on the machine
+    during a few steps does not move (the median over repeats, and their range)."""
     plain = runs["plain"]
     summary: dict[str, Any] = {}
     for name, records in runs.items():
         first = records[0]
         ratios = [r.tokens_per_s(warmup) / p.tokens_per_s(warmup) for r, p in zip(records, plain)]
+        paired = [statistics.median(a / b for a, b in zip(p.seconds[warmup:], r.seconds[warmup:]))
+                  for r, p in zip(records, plain)]
         entry = {
             "loss_at": {str(s): first.losses[s - 1] for s in REPORTED_STEPS
                         if s <= len(first.losses)},
@@ -253,6 +260,8 @@ def summarise(runs: dict[str, list[LoopRecord]], warmup: int) -> dict[str, Any]:
             "tokens_per_s": statistics.median(r.tokens_per_s(warmup) for r in records),
             "tokens_per_s_vs_plain": statistics.median(ratios),
             "tokens_per_s_vs_plain_range": [min(ratios), max(ratios)],
+            "paired_speed_vs_plain": statistics.median(paired),
+            "paired_speed_vs_plain_range": [min(paired), max(paired)],
             "median_step_ms": statistics.median(
                 1000 * s for r in records for s in r.seconds[warmup:] or r.seconds),
             "ms_per_step": {k: statistics.median(1000 * r.split[k] / len(r.seconds)
@@ -317,7 +326,7 @@ def format_quality(result: dict[str, Any]) -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     head = (f"{'loop':<12} {'loss@100':>9} {'final':>7} {'max|dloss|':>10} {'tok/s':>8} "
-            f"{'ratio':>6} " + " ".join(f"{p[:5]:>6}" for p in PARTS) + "  (ms/step)")
+            f"{'ratio':>6} {'paired':>6} " + " ".join(f"{p[:5]:>6}" for p in PARTS) + "  (ms/step)")
     lines = [f"bench train: {result['config']} / {result['task']} / {result['variant']}, "
              f"{result['steps']} steps x {result['repeats']} (speed after step "
              f"{result['warmup_steps']}, median of the repeats)", head]
@@ -327,7 +336,7 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(
             f"{name:<12} {'' if at is None else f'{at:.4f}':>9} {s['final_loss']:>7.4f} "
             f"{'' if gap is None else f'{gap:.1e}':>10} {s['tokens_per_s']:>8,.0f} "
-            f"{s['tokens_per_s_vs_plain']:>5.2f}x "
+            f"{s['tokens_per_s_vs_plain']:>5.2f}x {s['paired_speed_vs_plain']:>5.2f}x "
             + " ".join(f"{s['ms_per_step'][p]:>6.1f}" for p in PARTS))
     return "\n".join(lines)
 

@@ -47,6 +47,7 @@ def job_ray_section(raw: Any) -> Any:
         logger.info("inside a Ray job: running on the job's cluster (ray.address %s read as "
                     "auto)", address)
     section.pop("num_cpus", None)
+    section.pop("worker_niceness", None)
     return {**section, "address": "auto"}
 
 

@@ -66,6 +66,11 @@ class RayConfig:
     `ray job submit`); 'ray://host:10001': a cluster through Ray Client."""
     num_cpus: int | None = None
     """CPUs of the local instance (default: this machine's); only with address local."""
+    worker_niceness: int = 0
+    """Niceness of the local instance's worker processes, the training ranks among them. Ray's
+    own default is 15, which lets any other process (Ray's own services, a browser, a compile)
+    preempt training on a busy machine; 0 shares the CPUs fairly. A cluster's workers run at
+    what its `ray start` set (`RAY_worker_niceness`); only with address local."""
 
     def __post_init__(self) -> None:
         if self.address not in ("local", "auto") and not self.address.startswith("ray://"):
@@ -76,6 +81,11 @@ class RayConfig:
             if self.address != "local":
                 raise ConfigError("num_cpus", f"only applies to address local (a cluster has its "
                                               f"own CPUs); address is {self.address!r}")
+        check_int("worker_niceness", self.worker_niceness, 0, 19)
+        if self.worker_niceness != 0 and self.address != "local":
+            raise ConfigError("worker_niceness", f"only applies to address local (a cluster's "
+                                                 f"workers run at what its `ray start` set); "
+                                                 f"address is {self.address!r}")
 
     def local_cpus(self) -> int:
         return self.num_cpus or os.cpu_count() or 1
