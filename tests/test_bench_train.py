@@ -23,7 +23,7 @@ def bench(tmp_path_factory):
     path = write_yaml(folder / "tiny.yaml", config)
     out, plot = folder / "bench" / "train.json", folder / "bench" / "train.png"
     done = heat_pipeline("bench", "train", str(path), "--steps", str(STEPS), "--warmup", "2",
-                         "--seeds", "2", "--evaluate", "--plain-in-ray", "--out", str(out), "--plot", str(plot),
+                         "--seeds", "2", "--evaluate", "--plain-in-ray", "--interleaved", "--out", str(out), "--plot", str(plot),
                          cwd=folder)
     assert done.returncode == 0, done.stderr[-4000:]
     return done, json.loads(out.read_text()), plot
@@ -31,9 +31,10 @@ def bench(tmp_path_factory):
 
 def test_the_pipeline_worker_trains_exactly_as_the_plain_loop(bench):
     _, result, _ = bench
-    plain, pipeline, in_ray, reference = result["loops"]
-    assert [loop["name"] for loop in result["loops"]] == ["plain", "pipeline", "plain_in_ray",
-                                                          "reference"]
+    plain, pipeline, in_ray, plain_turns, pipeline_turns, reference = result["loops"]
+    assert [loop["name"] for loop in result["loops"]] == [
+        "plain", "pipeline", "plain_in_ray", "plain_interleaved", "pipeline_interleaved",
+        "reference"]
     assert len(plain["losses"]) == STEPS
     # Same weights, batches, dropout, AdamW, schedule and clipping: the same numbers, step by
     # step, to the last bit (ZeRO 0, fp32, one worker; torch's clip_grad_norm_ in both,
@@ -43,6 +44,9 @@ def test_the_pipeline_worker_trains_exactly_as_the_plain_loop(bench):
     assert pipeline["tokens"] == plain["tokens"]
     # The plain loop's own code inside a Ray Train worker: the same numbers again.
     assert in_ray["losses"] == plain["losses"] and in_ray["tokens"] == plain["tokens"]
+    # Stepped in turn in one process, each with its own RNG state: still the same numbers.
+    for loop in (plain_turns, pipeline_turns):
+        assert loop["losses"] == plain["losses"] and loop["tokens"] == plain["tokens"]
     # The reference model trains on the same batches but is another model.
     assert reference["tokens"] == plain["tokens"]
     assert reference["losses"] != plain["losses"]
@@ -59,7 +63,8 @@ def test_the_bench_reports_speed_and_where_the_time_goes(bench):
         assert sum(loop["split_s"].values()) == pytest.approx(sum(loop["seconds"]), rel=0.05)
     assert result["summary"]["plain"]["tokens_per_s_vs_plain"] == 1.0
     assert result["summary"]["plain"]["paired_speed_vs_plain"] == 1.0
-    for name in ("pipeline", "plain_in_ray", "reference"):  # step by step, the same batches
+    assert result["summary"]["plain_interleaved"]["paired_speed_vs_plain"] == 1.0  # its own base
+    for name in ("pipeline", "plain_in_ray", "pipeline_interleaved", "reference"):
         low, high = result["summary"][name]["paired_speed_vs_plain_range"]
         assert 0 < low <= result["summary"][name]["paired_speed_vs_plain"] <= high, name
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
@@ -97,4 +102,5 @@ def test_the_bench_scores_both_models_over_seeds_as_the_evaluate_stage_does(benc
     # every seed's pipeline loop repeats its plain loop to the bit
     assert result["summary"]["pipeline"]["max_abs_loss_gap_vs_plain"] == 0
     assert len(result["tokens_per_s_runs"]["plain"]) == 2
+    assert len(result["tokens_per_s_runs"]["pipeline_interleaved"]) == 2
     assert "plain_minus_reference" in done.stdout and "val_loss@8" in done.stdout

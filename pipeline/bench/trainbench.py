@@ -10,6 +10,9 @@ tokenize stages, cached), the same seed and the same batches in the same order:
     reference  `torch.nn.Transformer` of the same sizes in the plain loop (translation only)
     plain_in_ray  (`--plain-in-ray`) the plain loop inside a Ray Train worker: Ray's process
                environment without the pipeline's code or DeepSpeed
+    plain_interleaved, pipeline_interleaved  (`--interleaved`) the plain loop and the
+               pipeline's worker code stepped in turn in one Ray Train worker
+               (`pipeline.bench.interleaved`); the second is compared with the first
 
 Per loop: the loss of every step, tokens/s (real source + target tokens over the steps' wall
 time), and the steps' time split into data, forward, backward, optimizer and the rest
@@ -34,6 +37,7 @@ from pipeline.bench.trainloop import LoopRecord, plain_loop
 from pipeline.training.phases import PARTS
 
 REPORTED_STEPS = (100, 400)
+INTERLEAVED_PLAIN = "plain_interleaved"  # what the interleaved pipeline is compared with
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +67,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plain-in-ray", action="store_true",
                         help="also run the plain loop inside a Ray Train worker (one worker): "
                              "separates what Ray's processes cost from the pipeline's code")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="also step the plain loop and the pipeline's worker in turn in one "
+                             "Ray Train worker: their ratio without the machine's drift")
     parser.add_argument("--out", type=Path, help="write the records as JSON here")
     parser.add_argument("--plot", type=Path, help="write loss curves and step times here (PNG)")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -90,7 +97,8 @@ def main(args: argparse.Namespace) -> int:
     result = bench_training(config, task.name, variant.name, args.steps,
                             reference=not args.no_reference, repeats=args.repeats,
                             warmup=args.warmup, seeds=args.seeds, evaluate=args.evaluate,
-                            pipeline=not args.no_pipeline, plain_in_ray=args.plain_in_ray)
+                            pipeline=not args.no_pipeline, plain_in_ray=args.plain_in_ray,
+                            interleaved=args.interleaved)
     print(format_table(result))
     if result["quality"]:
         print(format_quality(result))
@@ -114,7 +122,7 @@ def _pick(choices: dict[str, Any], name: str | None, flag: str) -> Any:
 def bench_training(config: Any, task_name: str, variant_name: str, steps: int, *,
                    reference: bool = True, repeats: int = 1, warmup: int = 20,
                    seeds: int = 1, evaluate: bool = False, pipeline: bool = True,
-                   plain_in_ray: bool = False) -> dict[str, Any]:
+                   plain_in_ray: bool = False, interleaved: bool = False) -> dict[str, Any]:
     """The loops' records and their comparison (what `--out` holds). With `repeats` > 1 the
     loops run in turn that many times, the order rotating (plain, pipeline, reference; pipeline,
     reference, plain; ...), so that load drifting on a shared machine hits them alike; with `seeds` > 1 so does each seed from
@@ -156,12 +164,15 @@ def bench_training(config: Any, task_name: str, variant_name: str, steps: int, *
                 loops.append(lambda: pipeline_loop(job, steps))
             if plain_in_ray:
                 loops.append(lambda: plain_in_ray_loop(job, steps))
+            if interleaved:
+                loops.append(lambda: interleaved_loops(job, steps))
             if reference and task.kind == "translation":
                 loops.append(lambda: plain_loop(job, data, steps, reference=True, **scored))
             for loop in rotated(loops, turn):  # no loop always first (or after the same one)
-                record = loop()
-                record.seed = seed
-                runs.setdefault(record.name, []).append(record)
+                done = loop()
+                for record in done if isinstance(done, list) else [done]:
+                    record.seed = seed
+                    runs.setdefault(record.name, []).append(record)
     return {"config": config.name, "task": task_name, "variant": variant_name, "steps": steps,
             "repeats": repeats, "warmup_steps": warmup,
             "train": dataclasses.asdict(task.train), "model": dataclasses.asdict(task.model),
@@ -175,7 +186,15 @@ def bench_training(config: Any, task_name: str, variant_name: str, steps: int, *
 
 def pipeline_loop(job: Any, steps: int) -> LoopRecord:
     """`steps` steps through Ray Train + DeepSpeed, the pipeline's worker code."""
-    return _in_ray_train(job, steps, _pipeline_worker)
+    return _in_ray_train(job, steps, _pipeline_worker)[0]
+
+
+def interleaved_loops(job: Any, steps: int) -> list[LoopRecord]:
+    """The plain loop and the pipeline's worker stepped in turn in one Ray Train worker
+    (`pipeline.bench.interleaved`)."""
+    from pipeline.bench.interleaved import interleaved_worker
+
+    return _in_ray_train(job, steps, interleaved_worker)
 
 
 def plain_in_ray_loop(job: Any, steps: int) -> LoopRecord:
@@ -183,10 +202,10 @@ def plain_in_ray_loop(job: Any, steps: int) -> LoopRecord:
     threads and process (its niceness, Ray's actors beside it), no DeepSpeed and none of the
     pipeline's training code. Against `plain` it measures what Ray's environment costs;
     against `pipeline`, what the pipeline's code costs in that environment."""
-    return _in_ray_train(job, steps, _plain_worker)
+    return _in_ray_train(job, steps, _plain_worker)[0]
 
 
-def _in_ray_train(job: Any, steps: int, worker_loop: Any) -> LoopRecord:
+def _in_ray_train(job: Any, steps: int, worker_loop: Any) -> list[LoopRecord]:
     from ray.train import RunConfig
     from ray.train.torch import TorchTrainer
 
@@ -198,7 +217,8 @@ def _in_ray_train(job: Any, steps: int, worker_loop: Any) -> LoopRecord:
         run_config=RunConfig(name=job.run_name, storage_path=job.storage_uri,
                              worker_runtime_env={"env_vars": worker_env(job.train)}))
     with trainer.fit().checkpoint.as_directory() as folder:
-        return LoopRecord.from_dict(json.loads((Path(folder) / "record.json").read_text()))
+        return [LoopRecord.from_dict(r)
+                for r in json.loads((Path(folder) / "records.json").read_text())]
 
 
 def _pipeline_worker(config: dict[str, Any]) -> None:
@@ -211,7 +231,7 @@ def _pipeline_worker(config: dict[str, Any]) -> None:
     worker = start_worker(job)
     run = VariantRun(job, job.variants[0], worker, load_data(job, worker), Progress())
     phases = Phases(worker.device)
-    _report_record(worker, LoopRecord.of("pipeline", run.timed_steps(steps, phases), phases))
+    report_records(worker, LoopRecord.of("pipeline", run.timed_steps(steps, phases), phases))
 
 
 def _plain_worker(config: dict[str, Any]) -> None:
@@ -222,17 +242,18 @@ def _plain_worker(config: dict[str, Any]) -> None:
     worker = start_worker(job)
     record = plain_loop(job, load_data(job, worker), steps, device=worker.device)
     record.name = "plain_in_ray"
-    _report_record(worker, record)
+    report_records(worker, record)
 
 
-def _report_record(worker: Any, record: LoopRecord) -> None:
-    """Rank 0's record back to the driver, as a checkpoint: Ray Train's result channel."""
+def report_records(worker: Any, records: LoopRecord | list[LoopRecord]) -> None:
+    """Rank 0's record(s) back to the driver, as a checkpoint: Ray Train's result channel."""
+    records = records if isinstance(records, list) else [records]
     import ray.train
 
     with tempfile.TemporaryDirectory(prefix="heat-bench-") as folder:
         checkpoint = None
         if worker.is_main:
-            (Path(folder) / "record.json").write_text(json.dumps(record.to_dict()))
+            (Path(folder) / "records.json").write_text(json.dumps([r.to_dict() for r in records]))
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report({}, checkpoint=checkpoint)
 
@@ -245,10 +266,11 @@ def summarise(runs: dict[str, list[LoopRecord]], warmup: int) -> dict[str, Any]:
     paired speed: every loop steps the same batches in the same order, so step i of a loop and
     step i of the plain loop in the same repeat did the same work; the median over steps of
     (plain seconds / this loop's seconds) is a speed ratio that a burst of load on the machine
-    during a few steps does not move (the median over repeats, and their range)."""
-    plain = runs["plain"]
+    during a few steps does not move (the median over repeats, and their range). The
+    interleaved loops are compared with `plain_interleaved`, the rest with `plain`."""
     summary: dict[str, Any] = {}
     for name, records in runs.items():
+        plain = runs[INTERLEAVED_PLAIN if name.endswith("_interleaved") else "plain"]
         first = records[0]
         ratios = [r.tokens_per_s(warmup) / p.tokens_per_s(warmup) for r, p in zip(records, plain)]
         paired = [statistics.median(a / b for a, b in zip(p.seconds[warmup:], r.seconds[warmup:]))

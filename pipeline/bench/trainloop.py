@@ -64,56 +64,72 @@ class LoopRecord:
                    record.get("seed", 0))
 
 
+class PlainLoop:
+    """The plain loop's state (model, AdamW, schedule, batches, dropout stream) and one
+    optimizer step at a time; `plain_loop` runs it, and the interleaved bench steps it in turn
+    with the pipeline's worker in one process."""
+
+    def __init__(self, job: TrainJob, data: RankData, *, reference: bool = False,
+                 device: torch.device = torch.device("cpu")) -> None:
+        self.train, self.data, self.device = job.train, data, device
+        train, config = job.train, job.model_config(job.variants[0])
+        torch.set_num_threads(train.torch_threads)
+        torch.manual_seed(train.seed)  # the worker's initial weights
+        if reference:
+            from pipeline.bench.reference import TorchTransformerReference
+
+            self.objective: Objective = TranslationObjective(TorchTransformerReference(config))
+        else:
+            self.objective = build_objective(config)
+        self.objective.to(device)
+        torch.manual_seed(train.seed + 1000)  # the worker's dropout stream (rank 0)
+        self.optimizer, self.schedule = optimizer_and_schedule(self.objective, train)
+        self.stream = BatchStream(data.train.lengths(), train.tokens_per_batch, train.seed,
+                                  batch_tokens=train.batch_tokens)
+        self.pad_id, self.bos_id = special_ids(config)
+        self.phases = Phases(device)
+        self.objective.train()
+
+    def step(self) -> tuple[float, int, float]:
+        """One optimizer step: (mean loss of its micro-batches, tokens, wall seconds)."""
+        train, phases = self.train, self.phases
+        start = time.perf_counter()
+        losses, tokens = [], 0
+        for _ in range(train.grad_accum_steps):
+            with phases("data"):
+                indices = next(self.stream)
+                batch = {k: v.to(self.device) for k, v in
+                         self.data.train.collate(indices, self.pad_id, self.bos_id).items()}
+            with phases("forward"):
+                loss = self.objective(**batch)
+            with phases("backward"):
+                (loss / train.grad_accum_steps).backward()
+            losses.append(loss.detach().item())
+            tokens += self.data.train.tokens(indices)
+        with phases("optimizer"):
+            if train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.objective.parameters(), train.grad_clip)
+            self.optimizer.step()
+            self.schedule.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return sum(losses) / len(losses), tokens, time.perf_counter() - start
+
+
 def plain_loop(job: TrainJob, data: RankData, steps: int, *, reference: bool = False,
                device: torch.device = torch.device("cpu"), val_every: int = 0,
                evaluate: bool = False) -> LoopRecord:
     """`steps` optimizer steps of the job's first variant (or of the reference model); the
     validation loss every `val_every` steps and at the last; test scores if `evaluate`."""
-    train, variant = job.train, job.variants[0]
-    config = job.model_config(variant)
-    torch.set_num_threads(train.torch_threads)
-    torch.manual_seed(train.seed)  # the worker's initial weights
-    if reference:
-        from pipeline.bench.reference import TorchTransformerReference
-
-        objective = TranslationObjective(TorchTransformerReference(config))
-    else:
-        objective = build_objective(config)
-    objective.to(device)
-    torch.manual_seed(train.seed + 1000)  # the worker's dropout stream (rank 0)
-    optimizer, schedule = optimizer_and_schedule(objective, train)
-    stream = BatchStream(data.train.lengths(), train.tokens_per_batch, train.seed,
-                         batch_tokens=train.batch_tokens)
-    pad_id, bos_id = special_ids(config)
-    phases, done, val_losses = Phases(device), [], {}
-    objective.train()
+    loop = PlainLoop(job, data, reference=reference, device=device)
+    done, val_losses = [], {}
     for step in range(1, steps + 1):
-        start = time.perf_counter()
-        losses, tokens = [], 0
-        for _ in range(train.grad_accum_steps):
-            with phases("data"):
-                indices = next(stream)
-                batch = {k: v.to(device) for k, v in
-                         data.train.collate(indices, pad_id, bos_id).items()}
-            with phases("forward"):
-                loss = objective(**batch)
-            with phases("backward"):
-                (loss / train.grad_accum_steps).backward()
-            losses.append(loss.detach().item())
-            tokens += data.train.tokens(indices)
-        with phases("optimizer"):
-            if train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(objective.parameters(), train.grad_clip)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-        done.append((sum(losses) / len(losses), tokens, time.perf_counter() - start))
+        done.append(loop.step())
         if val_every and (step % val_every == 0 or step == steps):
-            val_losses[str(step)] = validation_loss(objective, data, train, device)
-    record = LoopRecord.of("reference" if reference else "plain", done, phases)
+            val_losses[str(step)] = validation_loss(loop.objective, data, job.train, device)
+    record = LoopRecord.of("reference" if reference else "plain", done, loop.phases)
     record.val_losses = val_losses
     if evaluate:
-        record.scores = test_scores(job, objective.model, device)
+        record.scores = test_scores(job, loop.objective.model, device)
     return record
 
 

@@ -22,6 +22,7 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -250,14 +251,23 @@ class VariantRun:
         """`steps` optimizer steps from the start, nothing else (no validation, logging or
         checkpoints): (loss, tokens, seconds) of each. What `heat-pipeline bench train` times
         against a plain PyTorch loop."""
+        stepper = self.stepper(phases)
+        try:
+            return [next(stepper) for _ in range(steps)]
+        finally:
+            stepper.close()
+
+    def stepper(self, phases: NoPhases) -> Iterator[tuple[float, int, float]]:
+        """`timed_steps` one step per `next()`, for a caller that does other work between
+        steps (the interleaved bench); closing it destroys the engine."""
         self._begin(None)
-        done = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            loss, tokens = self._optimizer_step(phases)
-            done.append((float(loss), tokens, time.perf_counter() - start))  # synced: timed
-        self.engine.destroy()
-        return done
+        try:
+            while True:
+                start = time.perf_counter()
+                loss, tokens = self._optimizer_step(phases)
+                yield float(loss), tokens, time.perf_counter() - start  # synced: timed
+        finally:
+            self.engine.destroy()
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: tensor.to(self.worker.device) for name, tensor in batch.items()}
