@@ -12,7 +12,7 @@ tokenize stages, cached), the same seed and the same batches in the same order:
                environment without the pipeline's code or DeepSpeed
     plain_interleaved, pipeline_interleaved  (`--interleaved`) the plain loop and the
                pipeline's worker code stepped in turn in one Ray Train worker
-               (`pipeline.bench.interleaved`); the second is compared with the first
+               (`pipeline.bench.inray`); the second is compared with the first
 
 Per loop: the loss of every step, tokens/s (real source + target tokens over the steps' wall
 time), and the steps' time split into data, forward, backward, optimizer and the rest
@@ -23,6 +23,7 @@ logging or checkpoints. Output: a table, `--out` JSON and `--plot` PNG. Nothing 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -33,6 +34,7 @@ from typing import Any
 
 from heat.validation import ConfigError
 from pipeline.bench.checks import install_error, integer
+from pipeline.bench.inray import interleaved_loops, pipeline_loop, plain_in_ray_loop
 from pipeline.bench.trainloop import LoopRecord, plain_loop
 from pipeline.training.phases import PARTS
 
@@ -125,8 +127,8 @@ def bench_training(config: Any, task_name: str, variant_name: str, steps: int, *
                    plain_in_ray: bool = False, interleaved: bool = False) -> dict[str, Any]:
     """The loops' records and their comparison (what `--out` holds). With `repeats` > 1 the
     loops run in turn that many times, the order rotating (plain, pipeline, reference; pipeline,
-    reference, plain; ...), so that load drifting on a shared machine hits them alike; with `seeds` > 1 so does each seed from
-    `train.seed` on. `evaluate`: the plain and reference loops' first repeat of each seed also
+    reference, plain; ...), so that load drifting on a shared machine hits them alike; with
+    `seeds` > 1 so does each seed from `train.seed` on. `evaluate`: the plain and reference loops' first repeat of each seed also
     record validation losses and test scores (the pipeline's losses are the plain loop's, bit
     for bit, which `max_abs_loss_gap_vs_plain` shows)."""
     import dataclasses
@@ -153,24 +155,20 @@ def bench_training(config: Any, task_name: str, variant_name: str, steps: int, *
             tokenizer_model=storage.read_bytes(storage.join(tokenized, "spm.model")))
         data = load_data(job, Worker(0, 1, torch.device("cpu")))
         first_seed = task.train.seed
+        in_ray = [loop for loop, wanted in ((pipeline_loop, pipeline), (plain_in_ray_loop,
+                  plain_in_ray), (interleaved_loops, interleaved)) if wanted]
         for turn, (seed, repeat) in enumerate(itertools.product(
                 range(first_seed, first_seed + seeds), range(repeats))):
             job = dataclasses.replace(job, run_name=f"bench-{seed}-{repeat}",
                                       train=dataclasses.replace(job.train, seed=seed))
             scored = {"val_every": task.train.val_every, "evaluate": True} if (
                 evaluate and repeat == 0) else {}
-            loops = [lambda: plain_loop(job, data, steps, **scored)]
-            if pipeline:
-                loops.append(lambda: pipeline_loop(job, steps))
-            if plain_in_ray:
-                loops.append(lambda: plain_in_ray_loop(job, steps))
-            if interleaved:
-                loops.append(lambda: interleaved_loops(job, steps))
+            loops = [lambda: [plain_loop(job, data, steps, **scored)],
+                     *(functools.partial(loop, job, steps) for loop in in_ray)]
             if reference and task.kind == "translation":
-                loops.append(lambda: plain_loop(job, data, steps, reference=True, **scored))
+                loops.append(lambda: [plain_loop(job, data, steps, reference=True, **scored)])
             for loop in rotated(loops, turn):  # no loop always first (or after the same one)
-                done = loop()
-                for record in done if isinstance(done, list) else [done]:
+                for record in loop():
                     record.seed = seed
                     runs.setdefault(record.name, []).append(record)
     return {"config": config.name, "task": task_name, "variant": variant_name, "steps": steps,
@@ -182,80 +180,6 @@ def bench_training(config: Any, task_name: str, variant_name: str, steps: int, *
                                   for name, records in runs.items()},
             "seeds": seeds, "summary": summarise(runs, warmup),
             "quality": quality(runs) if evaluate else None}
-
-
-def pipeline_loop(job: Any, steps: int) -> LoopRecord:
-    """`steps` steps through Ray Train + DeepSpeed, the pipeline's worker code."""
-    return _in_ray_train(job, steps, _pipeline_worker)[0]
-
-
-def interleaved_loops(job: Any, steps: int) -> list[LoopRecord]:
-    """The plain loop and the pipeline's worker stepped in turn in one Ray Train worker
-    (`pipeline.bench.interleaved`)."""
-    from pipeline.bench.interleaved import interleaved_worker
-
-    return _in_ray_train(job, steps, interleaved_worker)
-
-
-def plain_in_ray_loop(job: Any, steps: int) -> LoopRecord:
-    """The plain loop itself inside a Ray Train worker: the pipeline's workers, resources,
-    threads and process (its niceness, Ray's actors beside it), no DeepSpeed and none of the
-    pipeline's training code. Against `plain` it measures what Ray's environment costs;
-    against `pipeline`, what the pipeline's code costs in that environment."""
-    return _in_ray_train(job, steps, _plain_worker)[0]
-
-
-def _in_ray_train(job: Any, steps: int, worker_loop: Any) -> list[LoopRecord]:
-    from ray.train import RunConfig
-    from ray.train.torch import TorchTrainer
-
-    from pipeline.stages.train import scaling_config, worker_env
-
-    trainer = TorchTrainer(
-        worker_loop, train_loop_config={"job": job, "steps": steps},
-        scaling_config=scaling_config(job.train),
-        run_config=RunConfig(name=job.run_name, storage_path=job.storage_uri,
-                             worker_runtime_env={"env_vars": worker_env(job.train)}))
-    with trainer.fit().checkpoint.as_directory() as folder:
-        return [LoopRecord.from_dict(r)
-                for r in json.loads((Path(folder) / "records.json").read_text())]
-
-
-def _pipeline_worker(config: dict[str, Any]) -> None:
-    from pipeline.training.phases import Phases
-    from pipeline.training.rankdata import load_data
-    from pipeline.training.state import Progress
-    from pipeline.training.worker import VariantRun, start_worker
-
-    job, steps = config["job"], config["steps"]
-    worker = start_worker(job)
-    run = VariantRun(job, job.variants[0], worker, load_data(job, worker), Progress())
-    phases = Phases(worker.device)
-    report_records(worker, LoopRecord.of("pipeline", run.timed_steps(steps, phases), phases))
-
-
-def _plain_worker(config: dict[str, Any]) -> None:
-    from pipeline.training.rankdata import load_data
-    from pipeline.training.worker import start_worker
-
-    job, steps = config["job"], config["steps"]
-    worker = start_worker(job)
-    record = plain_loop(job, load_data(job, worker), steps, device=worker.device)
-    record.name = "plain_in_ray"
-    report_records(worker, record)
-
-
-def report_records(worker: Any, records: LoopRecord | list[LoopRecord]) -> None:
-    """Rank 0's record(s) back to the driver, as a checkpoint: Ray Train's result channel."""
-    records = records if isinstance(records, list) else [records]
-    import ray.train
-
-    with tempfile.TemporaryDirectory(prefix="heat-bench-") as folder:
-        checkpoint = None
-        if worker.is_main:
-            (Path(folder) / "records.json").write_text(json.dumps([r.to_dict() for r in records]))
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report({}, checkpoint=checkpoint)
 
 
 def summarise(runs: dict[str, list[LoopRecord]], warmup: int) -> dict[str, Any]:
