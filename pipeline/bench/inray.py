@@ -68,7 +68,7 @@ def _pipeline_worker(config: dict[str, Any]) -> None:
     worker = start_worker(job)
     run = VariantRun(job, job.variants[0], worker, load_data(job, worker), Progress())
     phases = Phases(worker.device)
-    report_records(worker, LoopRecord.of("pipeline", run.timed_steps(steps, phases), phases))
+    report_records(worker, [LoopRecord.of("pipeline", run.timed_steps(steps, phases), phases)])
 
 
 def _plain_worker(config: dict[str, Any]) -> None:
@@ -79,12 +79,11 @@ def _plain_worker(config: dict[str, Any]) -> None:
     worker = start_worker(job)
     record = plain_loop(job, load_data(job, worker), steps, device=worker.device)
     record.name = "plain_in_ray"
-    report_records(worker, record)
+    report_records(worker, [record])
 
 
-def report_records(worker: Any, records: LoopRecord | list[LoopRecord]) -> None:
-    """Rank 0's record(s) back to the driver, as a checkpoint: Ray Train's result channel."""
-    records = records if isinstance(records, list) else [records]
+def report_records(worker: Any, records: list[LoopRecord]) -> None:
+    """Rank 0's records back to the driver, as a checkpoint: Ray Train's result channel."""
     import ray.train
 
     with tempfile.TemporaryDirectory(prefix="heat-bench-") as folder:
@@ -97,9 +96,10 @@ def report_records(worker: Any, records: LoopRecord | list[LoopRecord]) -> None:
 
 def interleaved_worker(config: dict[str, Any]) -> None:
     """Ray Train's train_loop_per_worker: config = {"job": TrainJob, "steps": int}; reports
-    both loops' records (`trainbench.report_records`)."""
+    both loops' records (`report_records`)."""
     import torch
 
+    from pipeline.bench.measurement import rotated
     from pipeline.bench.trainloop import PlainLoop
     from pipeline.training.phases import Phases
     from pipeline.training.rankdata import load_data
@@ -119,7 +119,7 @@ def interleaved_worker(config: dict[str, Any]) -> None:
     done: dict[str, list[tuple[float, int, float]]] = {PLAIN: [], PIPELINE: []}
     try:
         for i in range(steps):
-            for name in (PLAIN, PIPELINE) if i % 2 == 0 else (PIPELINE, PLAIN):
+            for name in rotated([PLAIN, PIPELINE], i):
                 torch.set_rng_state(rng[name])
                 done[name].append(step_of[name]())
                 rng[name] = torch.get_rng_state()

@@ -2,9 +2,9 @@
 
 Repeats are interleaved across cases (repeat 1 of every case, then repeat 2, ...) so drifting load
 on a shared machine hits all of them alike, and the order rotates from repeat to repeat (A B C,
-B C A, C A B, ...) so no case always runs first or right after the same neighbour. Peak memory is measured after every timing: on the
-CPU it switches the allocator to returning freed memory at once (see `PeakMemory`), which would
-slow every later allocation.
+B C A, C A B, ...) so no case always runs first or right after the same neighbour. Peak memory
+is measured after every timing: on the CPU it switches the allocator to returning freed memory
+at once (see `PeakMemory`), which would slow every later allocation.
 """
 
 from __future__ import annotations

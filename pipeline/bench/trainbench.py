@@ -34,12 +34,12 @@ from typing import Any
 
 from heat.validation import ConfigError
 from pipeline.bench.checks import install_error, integer
+from pipeline.bench.inray import PLAIN as INTERLEAVED_PLAIN
 from pipeline.bench.inray import interleaved_loops, pipeline_loop, plain_in_ray_loop
 from pipeline.bench.trainloop import LoopRecord, plain_loop
 from pipeline.training.phases import PARTS
 
 REPORTED_STEPS = (100, 400)
-INTERLEAVED_PLAIN = "plain_interleaved"  # what the interleaved pipeline is compared with
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
