@@ -31,7 +31,7 @@ from pipeline import storage
 from pipeline.batching import BatchPosition, BatchStream, special_ids
 from pipeline.config import Variant
 from pipeline.training.checkpoints import resume_from, write_manifest
-from pipeline.training.engine import create_engine, quiet_deepspeed, torch_clips
+from pipeline.training.engine import EngineSteps, create_engine, quiet_deepspeed
 from pipeline.training.rank import Worker
 from pipeline.training.rankdata import RankData, load_data
 from pipeline.training.job import TrainJob
@@ -141,6 +141,7 @@ class VariantRun:
         torch.manual_seed(self.train.seed)  # identical initial weights on every rank
         self.objective: Objective = build_objective(self.model_config)
         self.engine = create_engine(self.objective, self.train)
+        self.steps = EngineSteps(self.engine, self.train)
         torch.manual_seed(self.train.seed + 1000 * (worker.rank + 1))  # per-rank dropout
         self.state = VariantState(variant.name, worker.world_size)
         self.best_weights: dict[str, torch.Tensor] | None = None
@@ -223,7 +224,8 @@ class VariantRun:
         return self.worker.device.type == "cuda"
 
     def _optimizer_step(self, phases: NoPhases = NO_PHASES) -> tuple[torch.Tensor, int]:
-        """grad_accum_steps micro-batches; DeepSpeed steps the optimizer after the last one.
+        """grad_accum_steps micro-batches; the optimizer steps after the last one
+        (`EngineSteps`: through DeepSpeed's engine, or directly on one fp32 rank).
         The engine is in training mode (`_begin`, `_validate`): `train()` walks every module,
         0.6 ms here, too much to repeat at every step. The loss stays a tensor on the device
         (a float would wait for the GPU at every step): the meter syncs once per log."""
@@ -235,14 +237,11 @@ class VariantRun:
                 batch = self._to_device(
                     self.data.train.collate(indices, *special_ids(self.model_config)))
             with phases("forward"):
-                loss = self.engine(**batch)
+                loss = self.steps.forward(batch)
             with phases("backward"):
-                self.engine.backward(loss)
+                self.steps.backward(loss)
             with phases("optimizer"):
-                if micro == self.train.grad_accum_steps and torch_clips(self.train):
-                    torch.nn.utils.clip_grad_norm_(self.objective.parameters(),
-                                                   self.train.grad_clip)
-                self.engine.step()
+                self.steps.step(boundary=micro == self.train.grad_accum_steps)
             total = total + loss.detach().float()
             tokens += self.data.train.tokens(indices)
         return total / self.train.grad_accum_steps, tokens
