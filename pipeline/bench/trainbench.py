@@ -271,7 +271,7 @@ def format_quality(result: dict[str, Any]) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    head = (f"{'loop':<12} {'loss@100':>9} {'final':>7} {'max|dloss|':>10} {'tok/s':>8} "
+    head = (f"{'loop':<20} {'loss@100':>9} {'final':>7} {'max|dloss|':>10} {'tok/s':>8} "
             f"{'ratio':>6} {'paired':>6} " + " ".join(f"{p[:5]:>6}" for p in PARTS) + "  (ms/step)")
     lines = [f"bench train: {result['config']} / {result['task']} / {result['variant']}, "
              f"{result['steps']} steps x {result['repeats']} (speed after step "
@@ -280,7 +280,7 @@ def format_table(result: dict[str, Any]) -> str:
         at = s["loss_at"].get("100")
         gap = s.get("max_abs_loss_gap_vs_plain")
         lines.append(
-            f"{name:<12} {'' if at is None else f'{at:.4f}':>9} {s['final_loss']:>7.4f} "
+            f"{name:<20} {'' if at is None else f'{at:.4f}':>9} {s['final_loss']:>7.4f} "
             f"{'' if gap is None else f'{gap:.1e}':>10} {s['tokens_per_s']:>8,.0f} "
             f"{s['tokens_per_s_vs_plain']:>5.2f}x {s['paired_speed_vs_plain']:>5.2f}x "
             + " ".join(f"{s['ms_per_step'][p]:>6.1f}" for p in PARTS))
