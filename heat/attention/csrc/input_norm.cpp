@@ -8,6 +8,10 @@
 // normalised input, tanh's chain rule already folded in):
 //   dx = s * g - s^3 * x * (g . x) / d
 // Tasks are rows; each reads and writes only its own row.
+//
+// The row sums are taken in one fixed order (`fixed_order_sum`), not by `omp simd reduction`:
+// that splits a sum by the target's vector width (8 floats with AVX2, 16 with AVX-512), so the
+// rounding, and with it every trained HEAT score, depended on the machine's instruction set.
 
 #include <algorithm>
 #include <cmath>
@@ -15,15 +19,31 @@
 
 namespace {
 
+constexpr int LANES = 16;
+
+// sum over c < d of term(c): lane l adds c = l, l + LANES, ... in turn (an elementwise loop that
+// vectorises at any width with the same result), then the lanes are added pairwise, halving.
+template <typename T, typename F>
+inline T fixed_order_sum(int64_t d, F term) {
+  T part[LANES] = {};
+  int64_t c = 0;
+  for (; c + LANES <= d; c += LANES) {
+#pragma omp simd
+    for (int l = 0; l < LANES; ++l) part[l] += term(c + l);
+  }
+  for (int l = 0; c + l < d; ++l) part[l] += term(c + l);
+  for (int width = LANES / 2; width > 0; width /= 2)
+    for (int l = 0; l < width; ++l) part[l] += part[l + width];
+  return part[0];
+}
+
 template <typename T>
 void rms_scale(const T* x, int64_t d, double factor, double eps, int64_t begin, int64_t end,
                T* u, T* scale) {
   for (int64_t row = begin; row < end; ++row) {
     const T* xr = x + row * d;
     T* ur = u + row * d;
-    T sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t c = 0; c < d; ++c) sum += xr[c] * xr[c];
+    const T sum = fixed_order_sum<T>(d, [xr](int64_t c) { return xr[c] * xr[c]; });
     const T s = static_cast<T>(1.0 / std::sqrt(static_cast<double>(sum) / d + eps));
     const T f = s * static_cast<T>(factor);
 #pragma omp simd
@@ -39,9 +59,7 @@ void rms_grad(const T* g, const T* x, const T* scale, int64_t d, int64_t begin, 
     const T* gr = g + row * d;
     const T* xr = x + row * d;
     T* dr = dx + row * d;
-    T dot = 0;
-#pragma omp simd reduction(+ : dot)
-    for (int64_t c = 0; c < d; ++c) dot += gr[c] * xr[c];
+    const T dot = fixed_order_sum<T>(d, [gr, xr](int64_t c) { return gr[c] * xr[c]; });
     const T s = scale[row];
     const T mix = s * s * s * dot / static_cast<T>(d);
 #pragma omp simd
