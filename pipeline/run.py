@@ -178,6 +178,7 @@ def _execute(config: PipelineConfig, run_name: str, tracker: PipelineTracker, *,
     start = time.perf_counter()
     result = PipelineResult.started(config, run_name, tracker,
                             evaluations={t: label for t, label in (labels or {}).items() if label})
+    _build_cpu_kernels(config)
     # ray.init installs its own SIGTERM handler (exit at once): take the signal back.
     with ray_session(config.ray) as cpus, sigterm_as_interrupt():
         check_shared(config.storage.root)
@@ -194,6 +195,25 @@ def _execute(config: PipelineConfig, run_name: str, tracker: PipelineTracker, *,
                                          task.eval.split for task in config.tasks.values()})
     tracker.finish(tracker.parent_run_id)
     return result
+
+
+def _build_cpu_kernels(config: PipelineConfig) -> None:
+    """Build the fused CPU kernels while the data stages run if a task trains, on the CPU, a
+    variant that calls them (`cpu_kernels.build_in_background`)."""
+    if _variants_calling_cpu_kernels(config):
+        from heat.attention import cpu_kernels
+
+        cpu_kernels.build_in_background()
+
+
+def _variants_calling_cpu_kernels(config: PipelineConfig) -> dict[str, list[str]]:
+    """task -> the variants it trains on the CPU whose attention calls the fused CPU kernels."""
+    from heat.attention.cpu_kernels import USERS
+
+    called = {task.name: [variant.name for variant in task.variants
+                          if variant.attention_names() & USERS]
+              for task in config.tasks.values() if not task.train.use_gpu}
+    return {task: names for task, names in called.items() if names}
 
 
 def _log_parent(tracker: PipelineTracker, config: PipelineConfig, run_name: str) -> None:

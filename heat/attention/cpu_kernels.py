@@ -113,6 +113,31 @@ def library() -> ctypes.CDLL:
     return lib
 
 
+USERS = frozenset({"heat", "hadamard"})
+"""The attention variants whose CPU paths call this library."""
+
+
+def build_in_background() -> threading.Thread | None:
+    """Start building the library in a daemon thread, unless it is built already or disabled.
+
+    A run's driver calls it before its data stages when a variant in `USERS` will train on the
+    CPU: the training workers then find the library in the cache, instead of each compiling it
+    at its first step (16 s on 2 cores, both ranks at once). A failure is left to the first real
+    use, which logs it (`available`)."""
+    if os.environ.get("HEAT_CPU_KERNELS", "1") == "0" or _library_path().exists():
+        return None
+
+    def build() -> None:
+        try:
+            library()
+        except (KernelUnavailable, OSError):
+            pass
+
+    thread = threading.Thread(target=build, name="heat-kernel-build", daemon=True)
+    thread.start()
+    return thread
+
+
 def unavailable_reason() -> str | None:
     """Why the kernels cannot run in this process now (None: they can). Unlike `library()`,
     whose outcome is cached, it reads HEAT_CPU_KERNELS at every call."""

@@ -87,6 +87,13 @@ class Variant:
             ran[site] = _describe(used) + fallback
         return ran
 
+    def attention_names(self) -> set[str]:
+        """The names of the attention the model runs at its sites (fallbacks resolved)."""
+        if isinstance(self.attention, AttentionSpec):
+            return {self.attention.name}
+        resolved = resolve_sites(self.attention, quiet=True)
+        return {getattr(resolved, site).name for site in SITES}
+
     @classmethod
     def parse(cls, name: str, attention: Mapping[str, Any], kind: str) -> Variant:
         """From plain values, as a script or a Tune trial writes them: site -> spec
