@@ -22,7 +22,9 @@ namespace {
 constexpr int LANES = 16;
 
 // sum over c < d of term(c): lane l adds c = l, l + LANES, ... in turn (an elementwise loop that
-// vectorises at any width with the same result), then the lanes are added pairwise, halving.
+// vectorises at any width with the same result; a last partial group is padded with zeros,
+// which add nothing), then the lanes are added pairwise, halving. Every index into `part` is
+// fixed, so it stays in registers.
 template <typename T, typename F>
 inline T fixed_order_sum(int64_t d, F term) {
   T part[LANES] = {};
@@ -31,10 +33,17 @@ inline T fixed_order_sum(int64_t d, F term) {
 #pragma omp simd
     for (int l = 0; l < LANES; ++l) part[l] += term(c + l);
   }
-  for (int l = 0; c + l < d; ++l) part[l] += term(c + l);
-  for (int width = LANES / 2; width > 0; width /= 2)
-    for (int l = 0; l < width; ++l) part[l] += part[l + width];
-  return part[0];
+  if (c < d) {
+    T tail[LANES] = {};
+    for (int l = 0; c + l < d; ++l) tail[l] = term(c + l);
+#pragma omp simd
+    for (int l = 0; l < LANES; ++l) part[l] += tail[l];
+  }
+#pragma omp simd
+  for (int l = 0; l < LANES / 2; ++l) part[l] += part[l + LANES / 2];
+#pragma omp simd
+  for (int l = 0; l < LANES / 4; ++l) part[l] += part[l + LANES / 4];
+  return (part[0] + part[2]) + (part[1] + part[3]);
 }
 
 template <typename T>
