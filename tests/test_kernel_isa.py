@@ -17,21 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from heat.attention.cpu_kernels import _cpu_signature
+
 CHECK = Path(__file__).parent / "kernel_isa_check.py"
 
 
-def _flags_of_this_cpu() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or
-                    not {"avx2", "fma"} <= _flags_of_this_cpu(),
+                    not {"avx2", "fma"} <= set(_cpu_signature().split()),
                     reason="needs an x86-64 CPU with AVX2 and FMA to build both widths")
 def test_heat_and_hadamard_kernels_give_the_same_bits_at_every_vector_width(tmp_path):
     results = []

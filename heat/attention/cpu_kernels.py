@@ -67,6 +67,11 @@ def _cpu_signature() -> str:
     return platform.processor() or platform.machine()
 
 
+def _disabled() -> bool:
+    """HEAT_CPU_KERNELS=0: read at every call (tests and users flip it at run time)."""
+    return os.environ.get("HEAT_CPU_KERNELS", "1") == "0"
+
+
 def _library_path() -> Path:
     compiler = os.environ.get("CXX", "c++")
     key = hashlib.sha256(
@@ -101,7 +106,7 @@ def _build(target: Path) -> None:
 @functools.cache
 def library() -> ctypes.CDLL:
     """The loaded kernel library; raises KernelUnavailable (cached) if it cannot be had."""
-    if os.environ.get("HEAT_CPU_KERNELS", "1") == "0":
+    if _disabled():
         raise KernelUnavailable("disabled by HEAT_CPU_KERNELS=0")
     path = _library_path()
     with _build_lock:
@@ -124,7 +129,7 @@ def build_in_background() -> threading.Thread | None:
     CPU: the training workers then find the library in the cache, instead of each compiling it
     at its first step (16 s on 2 cores, both ranks at once). A failure is left to the first real
     use, which logs it (`available`)."""
-    if os.environ.get("HEAT_CPU_KERNELS", "1") == "0" or _library_path().exists():
+    if _disabled() or _library_path().exists():
         return None
 
     def build() -> None:
@@ -141,7 +146,7 @@ def build_in_background() -> threading.Thread | None:
 def unavailable_reason() -> str | None:
     """Why the kernels cannot run in this process now (None: they can). Unlike `library()`,
     whose outcome is cached, it reads HEAT_CPU_KERNELS at every call."""
-    if os.environ.get("HEAT_CPU_KERNELS", "1") == "0":
+    if _disabled():
         return "disabled by HEAT_CPU_KERNELS=0"
     try:
         library()

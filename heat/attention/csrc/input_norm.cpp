@@ -20,6 +20,7 @@
 namespace {
 
 constexpr int LANES = 16;
+static_assert(LANES == 16, "fixed_order_sum writes its last two halvings out for 16 lanes");
 
 // sum over c < d of term(c): lane l adds c = l, l + LANES, ... in turn (an elementwise loop that
 // vectorises at any width with the same result; a last partial group is padded with zeros,
